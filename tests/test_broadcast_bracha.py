@@ -391,6 +391,21 @@ class MemoryBoundTests(SynchronousTestCase):
         self.assertEqual(node.open_instances, 0)
         self.assertFalse(node.is_done(honest_origin, b"fake0"))
 
+    def test_lingering_instances_make_room(self) -> None:
+        """
+        With a member down, delivered instances linger; an honest originator's
+        burst beyond the quota evicts its oldest delivered ones instead of
+        being refused or blamed.
+        """
+        sim = Sim(4, silent=[3], config=BrachaConfig(max_open_per_origin=5))
+        for i in range(20):
+            sim.broadcast(0, b"t%d" % i, b"p%d" % i)
+            sim.run()
+        for m in sim.honest:
+            self.assertEqual(len(sim.delivered[m]), 20)
+            self.assertEqual(sim.nodes[m].open_instances, 5)
+        self.assertEqual(sim.misbehaviour, [])
+
     def test_byzantine_originator_capped(self) -> None:
         """A byzantine originator's SENDs beyond max_open_per_origin are dropped and blamed."""
         ms = member_keys(4)

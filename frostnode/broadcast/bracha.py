@@ -52,7 +52,11 @@ Concurrency and memory:
     C{max_unconfirmed_per_member}: a byzantine member cannot grow our state
     by inventing tags, and cannot use up an honest originator's quota either.
     Confirmed instances are charged to the originator, capped by
-    C{max_open_per_origin}.
+    C{max_open_per_origin}.  At the cap, the originator's oldest delivered
+    instance still lingering (see below) is collected early to make room, so
+    an honest burst is never refused while a slow member keeps old
+    instances alive; only a cap full of I{undelivered} instances refuses a
+    new one and blames the originator.
   - An instance is collected as soon as it is delivered and every member's
     ECHO for the delivered digest is in: every member then holds the payload
     and our READY is already sent, so nobody can still need anything from us.
@@ -331,6 +335,8 @@ class Bracha:
         self._instances: dict[bytes, _Instance] = {}
         self._done: dict[bytes, None] = {}
         self._open: dict[bytes, int] = {m: 0 for m in members}
+        # Per originator, delivered instances kept only for stragglers, oldest first.
+        self._lingering: dict[bytes, dict[bytes, _Instance]] = {m: {} for m in members}
         self._unconfirmed: dict[bytes, int] = {m: 0 for m in members}
         self._generation = 0
         #: Records decoded from peers' batches (benchmarks: CPU per record).
@@ -366,7 +372,7 @@ class Bracha:
         inst = self._instances.get(key)
         if key in self._done or (inst is not None and inst.send_digest is not None):
             raise ValueError(f"tag {tag!r} was already broadcast")
-        if (inst is None or inst.supporters is not None) and self._open[self.me] >= self.config.max_open_per_origin:
+        if (inst is None or inst.supporters is not None) and not self._room(self.me):
             raise ValueError(f"{self._open[self.me]} broadcasts already in flight")
         out: list[Action] = [SendAll(encode_send(tag, payload))]
         self._on_send(self.me, tag, payload, out)
@@ -463,13 +469,23 @@ class Bracha:
             self._unconfirmed[m] -= 1
         inst.supporters = None
         o = inst.originator
-        if self._open[o] >= self.config.max_open_per_origin:
+        if not self._room(o):
             inst.closed = True
             del self._instances[inst.key]
             self._remember(inst.key)
             out.append(Misbehaviour(o, "too many open broadcasts"))
             return False
         self._open[o] += 1
+        return True
+
+    def _room(self, originator: bytes) -> bool:
+        """Whether one more confirmed instance fits the originator's quota, evicting a lingering one if need be."""
+        if self._open[originator] < self.config.max_open_per_origin:
+            return True
+        lingering = self._lingering[originator]
+        if not lingering:
+            return False
+        self._collect(lingering[next(iter(lingering))])
         return True
 
     def _on_send(self, originator: bytes, tag: bytes, payload: bytes, out: list[Action]) -> None:
@@ -535,6 +551,8 @@ class Bracha:
             inst.delivered = True
             inst.final = digest
             inst.delivered_at = self._generation
+            if inst.supporters is None:
+                self._lingering[inst.originator][inst.key] = inst
             out.append(Deliver(inst.originator, inst.tag, payload))
             return
         if inst.want is not None:
@@ -588,6 +606,8 @@ class Bracha:
         del self._instances[inst.key]
         if inst.supporters is None:
             self._open[inst.originator] -= 1
+            if inst.delivered:
+                del self._lingering[inst.originator][inst.key]
         else:
             for m in inst.supporters:
                 self._unconfirmed[m] -= 1

@@ -14,6 +14,11 @@ fixed-base ~14 us, parsing a compressed point ~5 us, serialising ~1 us,
 C{combine_keys} of 100 points ~21 us.  So every hot path should do its
 multiplications, then I{one} L{point_sum}; never add points pairwise in a loop.
 
+Timing: C{Point * k} (libsecp256k1's C{ec_pubkey_tweak_mul}) runs in
+variable time in the scalar.  Multiply points only by public scalars (binding
+factors, challenges, Lagrange coefficients); secrets go through L{base_mul},
+which uses the constant-time fixed-base path.
+
 Decoding is strict: L{point_from_bytes} accepts only 33-byte SEC1 compressed
 encodings of curve points (never the identity), L{scalar_from_bytes} only
 32-byte big-endian values below N.  Failures raise L{InvalidEncoding}, a

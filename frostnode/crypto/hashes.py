@@ -48,8 +48,10 @@ def expand_message_xmd(msg: bytes, dst: bytes, len_in_bytes: int) -> bytes:
     b_0 = hashlib.sha256(z_pad + msg + l_i_b_str + b"\x00" + dst_prime).digest()
     b_i = hashlib.sha256(b_0 + b"\x01" + dst_prime).digest()
     out = [b_i]
+    b0_int = int.from_bytes(b_0, "big")
     for i in range(2, ell + 1):
-        b_i = hashlib.sha256(bytes(x ^ y for x, y in zip(b_0, b_i)) + bytes((i,)) + dst_prime).digest()
+        mixed = (b0_int ^ int.from_bytes(b_i, "big")).to_bytes(_B_IN_BYTES, "big")
+        b_i = hashlib.sha256(mixed + bytes((i,)) + dst_prime).digest()
         out.append(b_i)
     return b"".join(out)[:len_in_bytes]
 

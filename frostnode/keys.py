@@ -27,7 +27,7 @@ from pathlib import Path
 from coincurve import PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from frostnode.config import Config, ConfigError
+from frostnode.config import Config
 from frostnode.identity import AddressCard, HostKeypair
 
 HOST_KEY_KIND = "host-key"

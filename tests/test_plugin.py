@@ -1,0 +1,289 @@
+"""
+Tests for the twistd plugin (L{frostnode.tap}) and the log observers
+(L{frostnode.logging}): twistd finds the plugin, a bad setup costs one line
+and a non-zero exit, and a good one starts and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Generator
+
+from twisted.application.service import Application, IService, IServiceMaker, MultiService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from frostnode import tap
+from frostnode.config import LogSection
+from frostnode.keys import load_host_key
+from frostnode.logging import event_as_json, make_observer, twistd_log_file
+
+from tests.test_config import make_federation
+
+
+def twistd() -> str:
+    path = Path(sys.executable).parent / "twistd"
+    if not path.exists():
+        raise SkipTest(f"no twistd beside {sys.executable}")
+    return str(path)
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        """twistd's plugin scan finds C{frostnode}, pointing at L{frostnode.tap}."""
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("frostnode", makers)
+        maker = makers["frostnode"]
+        self.assertIs(maker.options, tap.Options)
+        self.assertEqual(maker.description, "FROST threshold signing node")
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.paths = make_federation(Path(self.mktemp()), 3, 2)
+
+    def test_config_required(self) -> None:
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])
+        self.assertEqual(str(e), "--config is required: the node's TOML file (create one with: frostnode init)")
+
+    def test_bad_config_exits_with_one_line(self) -> None:
+        missing = str(self.paths[0]) + ".missing"
+        e = self.assertRaises(SystemExit, tap.Options().parseOptions, ["--config", missing])
+        self.assertEqual(e.code, f"frostnode: {missing}: cannot read config file: No such file or directory")
+
+    def test_good_config(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--config", str(self.paths[0])])
+        self.assertEqual(options.node_config.federation.threshold, 2)
+        self.assertEqual(options.node_keys.host, load_host_key(self.paths[0].parent / "host.key"))
+
+
+class NodeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.paths = make_federation(Path(self.mktemp()), 3, 2)
+        self.options = tap.Options()
+        self.options.parseOptions(["--config", str(self.paths[0])])
+
+    def test_make_service(self) -> None:
+        """twistd gets the node, inside a root service that sets up logging."""
+        service = tap.makeService(self.options)
+        self.assertIsInstance(service, MultiService)
+        node = service.getServiceNamed("node")
+        self.assertIsInstance(node, tap.Node)
+        self.assertIs(node.config, self.options.node_config)
+        self.assertIs(node.keys, self.options.node_keys)
+        self.assertEqual(len(node.directory), 3)
+
+    def test_start_and_stop(self) -> None:
+        """The node logs each step with its host key; "running" once the reactor runs."""
+        reactor = MemoryReactorClock()
+        node = tap.build_node(self.options.node_config, self.options.node_keys, reactor)
+        with capturedLogs() as events:
+            node.startService()
+            self.assertTrue(node.running)
+            reactor.run()
+            self.successResultOf(node.stopService())
+        self.assertFalse(node.running)
+        self.assertEqual([e["log_format"] for e in events], [
+            "frostnode {host_key} starting: {members} members, threshold {threshold}, "
+            "ciphersuite {ciphersuite}, data in {data_dir}",
+            "frostnode {host_key} running", "frostnode {host_key} stopping", "frostnode {host_key} stopped"])
+        self.assertEqual({e["host_key"] for e in events}, {node.keys.host.public.hex()})
+        self.assertEqual((events[0]["members"], events[0]["threshold"]), (3, 2))
+
+    def test_log_observer_for_twistd(self) -> None:
+        """Under twistd, [log] picks the format of the file twistd's options name."""
+        log_path = Path(self.mktemp()).absolute()
+        old = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, old)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        self.options.node_config = _with_log(self.options.node_config, LogSection("json", LogLevel.warn))
+        self.options.parent = {"logfile": str(log_path), "nodaemon": False}
+        application = Application("frostnode")
+        tap.makeService(self.options).setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        self.assertIsInstance(IService(application).getServiceNamed("frostnode").getServiceNamed("node"), tap.Node)
+        log = Logger(namespace="test", observer=observer)
+        log.info("dropped below warn")
+        log.warn("peer {peer} down", peer=b"\x01\x02")
+        lines = log_path.read_text().splitlines()
+        self.assertEqual(len(lines), 1)
+        record = json.loads(lines[0])
+        self.assertEqual((record["level"], record["text"], record["peer"]), ("warn", "peer b'\\x01\\x02' down", "0102"))
+
+    def test_twistd_logger_option_wins(self) -> None:
+        self.options.parent = {"logger": "some.module.observer", "nodaemon": True}
+        application = Application("frostnode")
+        tap.makeService(self.options).setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+
+def _with_log(config: Any, log: LogSection) -> Any:
+    from dataclasses import replace
+    return replace(config, log=log)
+
+
+class LoggingTests(SynchronousTestCase):
+    def test_json_lines(self) -> None:
+        out = io.StringIO()
+        observer = make_observer(LogSection("json", LogLevel.info), out)
+        log = Logger(namespace="frostnode.test", observer=observer)
+        log.debug("not shown")
+        log.info("link to {peer} up after {attempts} attempts", peer=b"\xab" * 4, attempts=3)
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("handler for {channel} failed", channel=2)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        first, second = (json.loads(line) for line in lines)
+        self.assertEqual((first["level"], first["namespace"]), ("info", "frostnode.test"))
+        self.assertEqual(first["text"], "link to b'\\xab\\xab\\xab\\xab' up after 3 attempts")
+        self.assertEqual((first["peer"], first["attempts"]), ("abababab", 3))
+        self.assertRegex(first["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+        self.assertEqual((second["level"], second["channel"]), ("critical", 2))
+        self.assertIn("ZeroDivisionError", second["failure"])
+
+    def test_text_level(self) -> None:
+        out = io.StringIO()
+        log = Logger(namespace="frostnode.test", observer=make_observer(LogSection("text", LogLevel.error), out))
+        log.warn("quiet")
+        log.error("loud {n}", n=1)
+        self.assertNotIn("quiet", out.getvalue())
+        self.assertIn("[frostnode.test#error] loud 1", out.getvalue())
+
+    def test_event_as_json_unusual_fields(self) -> None:
+        line = event_as_json({"log_format": "{x}", "log_time": 0.0, "log_level": LogLevel.info,
+                              "log_namespace": "n", "x": {b"k": (1, b"\x00")}, "obj": object})
+        self.assertEqual(json.loads(line)["x"], {"b'k'": [1, "00"]})
+        self.assertEqual(json.loads(line)["obj"], str(object))
+
+    def test_twistd_log_file_choices(self) -> None:
+        self.assertIs(twistd_log_file({"nodaemon": True}), sys.stdout)
+        self.assertIs(twistd_log_file({"nodaemon": True, "logfile": "-"}), sys.stdout)
+        self.assertIsNone(twistd_log_file({"nodaemon": False, "logfile": "-"}))
+        self.assertIsNone(twistd_log_file({"syslog": True}))
+
+
+class _Twistd(ProcessProtocol):
+    """Collects a twistd process's output; Deferreds for a line and for exit."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        #: Fires with how the process ended (a ProcessDone or ProcessTerminated).
+        self.ended: Deferred[BaseException] = Deferred()
+        self._waiting: list[tuple[bytes, Deferred[None]]] = []
+        self.running = True
+
+    def whenOutput(self, text: bytes) -> Deferred[None]:
+        if text in self.out:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text, d))
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        waiting, self._waiting = self._waiting, []
+        for text, d in waiting:
+            if text in self.out:
+                d.callback(None)
+            else:
+                self._waiting.append((text, d))
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.running = False
+        waiting, self._waiting = self._waiting, []
+        for text, d in waiting:
+            d.errback(AssertionError(f"twistd exited before printing {text!r}\nstdout: {self.out!r}\n"
+                                     f"stderr: {self.err!r}"))
+        self.ended.callback(reason.value)
+
+
+class TwistdProcessTests(TestCase):
+    """C{twistd -n frostnode} as a separate process, as an operator runs it."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.twistd = twistd()
+        self.base = Path(self.mktemp()).absolute()
+        self.paths = make_federation(self.base, 3, 2, log_format="json")
+
+    def argv(self, config: Path | str) -> list[str]:
+        return [self.twistd, "-n", "--pidfile=", "frostnode", "--config", str(config)]
+
+    @inlineCallbacks
+    def assertOneLineError(self, config: Path | str, expected: str) -> Generator[Deferred[Any], Any, None]:
+        argv = self.argv(config)
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ), path=str(self.base))
+        self.assertEqual(code, 1)
+        self.assertEqual(out, b"")
+        self.assertEqual(err.decode(), f"frostnode: {expected}\n")
+
+    @inlineCallbacks
+    def test_bad_configs(self) -> Generator[Deferred[Any], Any, None]:
+        """Each bad setup: one line on stderr naming file and key, exit status 1, no traceback."""
+        missing = self.base / "missing.toml"
+        yield self.assertOneLineError(missing, f"{missing}: cannot read config file: No such file or directory")
+
+        wrong_type = self.base / "wrong-type.toml"
+        wrong_type.write_text('[peer]\nlisten = 9000\n')
+        yield self.assertOneLineError(wrong_type, f"{wrong_type}: [peer] listen must be a string, not an integer (9000)")
+
+        config = self.paths[0]
+        text = config.read_text()
+        config.write_text(text.replace("threshold = 2", "threshold = 4"))
+        yield self.assertOneLineError(config, f"{config}: [federation] threshold must be <= number of members (3)")
+        config.write_text(text)
+
+        key = config.parent / "host.key"
+        key.unlink()
+        key.mkdir()
+        yield self.assertOneLineError(config, f"{config}: [node] host_key_file {key} is not a regular file")
+
+    @inlineCallbacks
+    def test_start_and_sigterm(self) -> Generator[Deferred[Any], Any, None]:
+        """A good config starts; SIGTERM stops every service and twistd exits by that signal."""
+        config = self.paths[0]
+        host_key = load_host_key(config.parent / "host.key").public.hex()
+        proto = _Twistd()
+        argv = self.argv(config)
+        transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=str(self.base))
+        self.addCleanup(lambda: proto.running and transport.signalProcess("KILL"))
+
+        yield proto.whenOutput(f"frostnode {host_key} running".encode())
+        transport.signalProcess("TERM")
+        reason = yield proto.ended
+
+        # twistd re-raises the signal that stopped it, so its parent sees why it ended.
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.signal, signal.SIGTERM)
+        self.assertNotIn(b"Traceback", proto.out + proto.err)
+        self.assertEqual(proto.err, b"")
+        records = [json.loads(line) for line in proto.out.decode().splitlines()]
+        texts = [r["text"] for r in records]
+        for expected in ["Received SIGTERM, shutting down.", f"frostnode {host_key} stopping",
+                         f"frostnode {host_key} stopped", "Main loop terminated."]:
+            self.assertIn(expected, texts)
+        self.assertLess(texts.index(f"frostnode {host_key} stopped"), texts.index("Main loop terminated."))
+        self.assertFalse([r for r in records if r["level"] in ("error", "critical")])

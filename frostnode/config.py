@@ -44,6 +44,10 @@ from frostnode.identity import AddressCard, InvalidCard, MemberDirectory
 CIPHERSUITES = ("bip445", "rfc9591")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = tuple(level.name for level in LogLevel.iterconstants())
+#: How far ahead of its acknowledged messages a peer's link accepts message
+#: ids (L{frostnode.net.peers.LinkConfig.receive_window}): no member may
+#: queue more than this many messages for one peer.
+PEER_RECEIVE_WINDOW = 131072
 
 
 class ConfigError(ValueError):
@@ -559,8 +563,8 @@ def _read_log(t: _Table) -> LogSection:
 
 def _read_limits(t: _Table) -> LimitsSection:
     return LimitsSection(
-        max_message_size=t.size("max_message_size", 2**20, minimum=1024),
-        peer_queue_size=t.integer("peer_queue_size", 10000, minimum=1),
+        max_message_size=t.size("max_message_size", 16 * 2**20, minimum=1024),
+        peer_queue_size=t.integer("peer_queue_size", 65536, minimum=1, maximum=PEER_RECEIVE_WINDOW),
         max_pending_broadcasts=t.integer("max_pending_broadcasts", 10000, minimum=1),
         max_buffered_messages=t.integer("max_buffered_messages", 1000, minimum=1),
     )

@@ -123,6 +123,7 @@ class GoodConfigTests(SynchronousTestCase):
         self.assertEqual(c.tor.onion_key_file, self.dir.absolute() / "onion.key")
         self.assertEqual((c.log.format, c.log.level), ("text", LogLevel.info))
         self.assertEqual(c.validation.schemes, ())
+        self.assertEqual((c.limits.max_message_size, c.limits.peer_queue_size), (16 * 2**20, 65536))
 
     def test_everything_set(self) -> None:
         cards = [make_card(9000 + i) for i in range(4)]
@@ -320,6 +321,7 @@ class BadConfigTests(SynchronousTestCase):
             ('[client]\nrate = "fast"\n', "[client] rate", "must be a number, not a string ('fast')"),
             ("[client]\nrate = 0\n", "[client] rate", "must be > 0 (got 0)"),
             ("[tor]\nonion_port = 70000\n", "[tor] onion_port", "must be <= 65535 (got 70000)"),
+            ("[limits]\npeer_queue_size = 200000\n", "[limits] peer_queue_size", "must be <= 131072 (got 200000)"),
             ('[log]\nlevel = "verbose"\n', "[log] level",
              "must be one of 'debug', 'info', 'warn', 'error', 'critical', not 'verbose'"),
             ('[log]\nformat = "xml"\n', "[log] format", "must be one of 'text', 'json', not 'xml'"),

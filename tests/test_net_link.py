@@ -18,6 +18,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from frostnode.identity import MemberDirectory
+from frostnode.net.errors import QueueFull
 from frostnode.net.framing import DATA, encode_ack, encode_data
 from frostnode.net.link import LinkProtocol
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
@@ -172,6 +173,17 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(self.b.counters.duplicates_in, 10)
         self.assertEqual(self.a.counters.retransmits, 10)
 
+    def test_failing_handler_is_logged_and_the_link_carries_on(self) -> None:
+        def broken(sender: bytes, payload: bytes) -> None:
+            raise ValueError("bug in a handler")
+        self.b.register(7, broken)
+        self.a.send(self.b.local, 7, b"boom")
+        self.a.send(self.b.local, 2, b"after")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.h.received[1], [(self.a.local, 2, b"after")])
+        self.assertEqual(self.b.connected(), {self.a.local})
+
     def test_link_observers(self) -> None:
         events = []
         self.a.add_link_observer(lambda peer, up: events.append((peer, up)))
@@ -179,6 +191,23 @@ class DeliveryTests(SynchronousTestCase):
         self.pump.flush()
         self.h.connect(self.a, self.b)
         self.assertEqual(events, [(self.b.local, False), (self.b.local, True)])
+
+
+class QueueLimitTests(SynchronousTestCase):
+    def test_peer_away_too_long(self) -> None:
+        """Sends to a peer that is down queue up to the limit, then raise QueueFull naming it."""
+        h = Harness(self, 2, peer_queue_size=50, receive_window=50)
+        a, b = h.nets
+        for i in range(50):
+            a.send(b.local, 2, b"%d" % i)
+        with self.assertRaises(QueueFull) as cm:
+            a.send(b.local, 2, b"one too many")
+        self.assertEqual(cm.exception.peer, b.local)
+        pump, _, _ = h.connect(a, b)
+        h.reactor.advance(h.config.ack_delay)
+        pump.flush()
+        self.assertEqual(len(h.received[1]), 50)
+        a.send(b.local, 2, b"room again")
 
 
 class RestartTests(SynchronousTestCase):

@@ -14,9 +14,16 @@ exits with C{SystemExit("frostnode: <file>: <key> <problem>")} instead.
 L{build_node} is the one place where the node's layers are put together: each
 later layer (broadcast, DKG, signing, client, sync, Tor, metrics) adds its
 service there, as an attribute of L{Node}, so tests can build a node without
-twistd and later layers can find each other.  Shutdown is twistd's: SIGTERM
-stops the reactor, which first stops every service of L{Node} and waits for
-the Deferreds their C{stopService} returns.
+twistd and later layers can find each other.  Today it holds the peer links
+(L{PeerNetwork}, listening on C{[peer] listen}).
+
+The node logs C{frostnode <host key> running, peer port <port>} once the
+reactor runs and the peer port is bound: that line, not service start (which
+twistd does before the reactor runs or handles signals), is the one to wait
+for.  Shutdown is twistd's: SIGTERM stops the reactor, which first stops
+every service of L{Node} and waits for the Deferreds their C{stopService}
+return; twistd then re-raises SIGTERM on itself, so the exit status says
+the process ended by that signal.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -31,6 +39,7 @@ from twisted.python.components import Componentized
 from frostnode import logging as node_logging
 from frostnode.config import Config, ConfigError, check_data_dir, load_config
 from frostnode.keys import NodeKeys, check_membership, load_node_keys
+from frostnode.net.peers import LinkConfig, PeerNetwork
 
 
 class Options(usage.Options):
@@ -65,7 +74,28 @@ def load_node(path: str) -> tuple[Config, NodeKeys]:
     check_data_dir(config)
     keys = load_node_keys(config)
     check_membership(config, keys)
+    link_config(config)
     return config, keys
+
+
+def link_config(config: Config) -> LinkConfig:
+    """
+    The peer links' limits and timers from C{[peer]} and C{[limits]}; the
+    links' other settings keep their defaults.
+
+    @raise ConfigError: if the links refuse the combination.
+    """
+    try:
+        return LinkConfig(
+            max_message_size=config.limits.max_message_size,
+            peer_queue_size=config.limits.peer_queue_size,
+            handshake_timeout=config.peer.handshake_timeout,
+            idle_timeout=config.peer.idle_timeout,
+            keepalive_interval=config.peer.keepalive_interval,
+            max_reconnect_delay=config.peer.max_reconnect_delay,
+        )
+    except ValueError as e:
+        raise config.error("[peer]", f"and [limits] make invalid link settings: {e}") from None
 
 
 class Node(MultiService):
@@ -89,7 +119,7 @@ class Node(MultiService):
         self.keys = keys
         self.reactor = reactor
         self.directory = config.member_directory()
-        self.peers: Optional[Any] = None
+        self.peers: Optional[PeerNetwork] = None
 
     @property
     def host_key(self) -> str:
@@ -111,8 +141,21 @@ class Node(MultiService):
         self.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        if self.running:
+        if not self.running:
+            return
+        if self.peers is None:
             self.log.info("frostnode {host_key} running", host_key=self.host_key)
+            return
+        self.peers.when_listening().addCallbacks(self._listening, self._not_listening)
+
+    def _listening(self, port: Any) -> None:
+        self.log.info("frostnode {host_key} running, peer port {peer_port}", host_key=self.host_key,
+                      peer_port=getattr(port.getHost(), "port", str(port.getHost())))
+
+    def _not_listening(self, failure: Any) -> None:
+        # The links logged why; the node still dials out, so it carries on.
+        self.log.error("frostnode {host_key} running without a peer port ({listen}): {error}",
+                       host_key=self.host_key, listen=self.config.peer.listen, error=failure.getErrorMessage())
 
     def stopService(self) -> Any:
         self.log.info("frostnode {host_key} stopping", host_key=self.host_key)
@@ -126,7 +169,11 @@ def build_node(config: Config, keys: NodeKeys, reactor: Any) -> Node:
     Put a node together from its checked configuration and keys.  Layers are
     added here, in dependency order, each as a child service of the node.
     """
-    return Node(config, keys, reactor)
+    node = Node(config, keys, reactor)
+    node.peers = PeerNetwork(reactor, keys.host, keys.noise.secret, node.directory,
+                             serverFromString(reactor, config.peer.listen), link_config(config))
+    node.peers.setServiceParent(node)
+    return node
 
 
 class _TwistdRoot(MultiService):

@@ -18,7 +18,8 @@ from twisted.application.service import Application, IService, IServiceMaker, Mu
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs
@@ -31,6 +32,7 @@ from frostnode import tap
 from frostnode.config import LogSection
 from frostnode.keys import load_host_key
 from frostnode.logging import event_as_json, make_observer, twistd_log_file
+from frostnode.net.peers import PeerNetwork
 
 from tests.test_config import make_federation
 
@@ -88,22 +90,43 @@ class NodeServiceTests(SynchronousTestCase):
         self.assertIs(node.keys, self.options.node_keys)
         self.assertEqual(len(node.directory), 3)
 
+    def test_peer_network(self) -> None:
+        """The node's links are built from its keys, members, [peer] and [limits]."""
+        config = self.options.node_config
+        node = tap.build_node(config, self.options.node_keys, MemoryReactorClock())
+        self.assertIsInstance(node.peers, PeerNetwork)
+        self.assertIs(node.peers.parent, node)
+        self.assertEqual(node.peers.local, self.options.node_keys.host.public)
+        self.assertEqual(sorted(node.peers.peers()),
+                         sorted(k for k in node.directory.host_keys() if k != node.peers.local))
+        self.assertEqual((node.peers.config.max_message_size, node.peers.config.peer_queue_size,
+                          node.peers.config.idle_timeout), (16 * 2**20, 65536, 60.0))
+
     def test_start_and_stop(self) -> None:
-        """The node logs each step with its host key; "running" once the reactor runs."""
+        """
+        The node logs each step with its host key, and "running" once the
+        reactor runs and the peer port is bound; stopping closes the port.
+        """
         reactor = MemoryReactorClock()
         node = tap.build_node(self.options.node_config, self.options.node_keys, reactor)
         with capturedLogs() as events:
             node.startService()
             self.assertTrue(node.running)
+            self.assertEqual(len(reactor.tcpServers), 1)
+            port, _, _, interface = reactor.tcpServers[0]
+            self.assertEqual((port, interface), (_port_of(self.options.node_config.peer.listen), "127.0.0.1"))
             reactor.run()
             self.successResultOf(node.stopService())
         self.assertFalse(node.running)
-        self.assertEqual([e["log_format"] for e in events], [
+        self.assertFalse(node.peers.running)
+        mine = [e for e in events if e["log_namespace"] == "frostnode.tap.Node"]
+        self.assertEqual([e["log_format"] for e in mine], [
             "frostnode {host_key} starting: {members} members, threshold {threshold}, "
             "ciphersuite {ciphersuite}, data in {data_dir}",
-            "frostnode {host_key} running", "frostnode {host_key} stopping", "frostnode {host_key} stopped"])
-        self.assertEqual({e["host_key"] for e in events}, {node.keys.host.public.hex()})
-        self.assertEqual((events[0]["members"], events[0]["threshold"]), (3, 2))
+            "frostnode {host_key} running, peer port {peer_port}",
+            "frostnode {host_key} stopping", "frostnode {host_key} stopped"])
+        self.assertEqual({e["host_key"] for e in mine}, {node.keys.host.public.hex()})
+        self.assertEqual((mine[0]["members"], mine[0]["threshold"]), (3, 2))
 
     def test_log_observer_for_twistd(self) -> None:
         """Under twistd, [log] picks the format of the file twistd's options name."""
@@ -131,6 +154,10 @@ class NodeServiceTests(SynchronousTestCase):
         application = Application("frostnode")
         tap.makeService(self.options).setServiceParent(application)
         self.assertIsNone(application.getComponent(ILogObserver, None))
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.split(":")[1])
 
 
 def _with_log(config: Any, log: LogSection) -> Any:
@@ -265,6 +292,9 @@ class TwistdProcessTests(TestCase):
     def test_start_and_sigterm(self) -> Generator[Deferred[Any], Any, None]:
         """A good config starts; SIGTERM stops every service and twistd exits by that signal."""
         config = self.paths[0]
+        text = config.read_text()
+        listen = [line for line in text.splitlines() if line.startswith("listen = ")][0]
+        config.write_text(text.replace(listen, 'listen = "tcp:0:interface=127.0.0.1"', 1))
         host_key = load_host_key(config.parent / "host.key").public.hex()
         proto = _Twistd()
         argv = self.argv(config)
@@ -272,6 +302,11 @@ class TwistdProcessTests(TestCase):
         self.addCleanup(lambda: proto.running and transport.signalProcess("KILL"))
 
         yield proto.whenOutput(f"frostnode {host_key} running".encode())
+        running = [json.loads(line) for line in proto.out.decode().splitlines() if "running" in line][0]
+        # The peer port is open where the log says.
+        link = yield TCP4ClientEndpoint(reactor, "127.0.0.1", running["peer_port"]).connect(
+            Factory.forProtocol(Protocol))
+        link.transport.loseConnection()
         transport.signalProcess("TERM")
         reason = yield proto.ended
 

@@ -10,4 +10,4 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q ".[test]"
-exec .venv/bin/trial "${@:-tests}"
+exec .venv/bin/python -m twisted.trial "${@:-tests}"

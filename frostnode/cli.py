@@ -166,9 +166,24 @@ class CheckOptions(_ConfigOptions):
     longdesc = "Check a node's config, data directory, keys and membership, as twistd would, without starting."
 
 
+class DemoOptions(usage.Options):
+    synopsis = "[--members N] [--threshold T] [--message TEXT]"
+    longdesc = "Run a real t-of-n DKG and a BIP 445 threshold signature in one process (no network)."
+    optParameters = [
+        ["members", "n", 5, "Number of members.", int],
+        ["threshold", "t", 3, "Signing threshold.", int],
+        ["message", "m", "hello from frostnode", "Message to sign."],
+    ]
+
+    def postOptions(self) -> None:
+        if not 1 <= self["threshold"] <= self["members"] <= 1000:
+            raise usage.UsageError("need 1 <= threshold <= members <= 1000")
+
+
 class Options(usage.Options):
     synopsis = "Usage: frostnode COMMAND [options]"
     subCommands = [
+        ["demo", None, DemoOptions, "Run a DKG and a threshold signature in one process."],
         ["init", None, InitOptions, "Create a new member: keys and a commented node.toml."],
         ["card", None, CardOptions, "Print this member's address card."],
         ["check", None, CheckOptions, "Check a node's configuration without starting it."],
@@ -210,6 +225,12 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
             _card(opts.subOptions, out)
         elif opts.subCommand == "check":
             _check(opts.subOptions, out)
+        elif opts.subCommand == "demo":
+            from frostnode.demo import run_demo
+
+            sub = opts.subOptions
+            if not run_demo(sub["members"], sub["threshold"], sub["message"].encode(), out):
+                return 1
     except (ConfigError, KeyFileError) as e:
         err.write(f"frostnode: {e}\n")
         return 1

@@ -5,8 +5,9 @@ Benchmark of reliable broadcast (frostnode.broadcast) at n = 4, 10, 31, 64.
 For a 1 KiB payload it prints, per n:
   - latency from broadcast() to delivery at every member (p50/p99), one
     broadcast at a time;
-  - protocol records, links payloads ("frames": one batch per peer per turn)
-    and bytes per broadcast;
+  - protocol records, frames and bytes per broadcast (over TCP: Noise frames
+    and wire bytes, acks included; in memory: links payloads, one batch per
+    peer per turn);
   - CPU microseconds per record handled (process CPU time / records decoded
     by all cores: everything the process did, links included);
   - all n members broadcasting at once (a DKG round): time until every
@@ -19,7 +20,11 @@ members in this one process, so the figures there are the SUM of every
 member's CPU (a real deployment spreads it over n machines).
 
 Usage: bench_broadcast.py [--sizes 4,10,31,64] [--rounds N] [--concurrent K]
-                          [--payload BYTES] [--transport auto|memory|tcp]
+                          [--payload BYTES] [--transport auto|memory|tcp] [--tcp-nodelay]
+
+Over TCP, Nagle's algorithm meets delayed ACKs on loopback and adds up to
+tens of milliseconds to a broadcast's latency; --tcp-nodelay shows the
+figures with it off (set through PeerNetwork's link observer).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import socket
 import statistics
 import sys
 import time
@@ -74,21 +80,48 @@ def memory_federation(reactor: Any, n: int) -> Federation:
                       lambda: (net.payloads_sent[CHANNEL_BROADCAST], net.bytes_sent[CHANNEL_BROADCAST]))
 
 
-async def tcp_federation(reactor: Any, n: int) -> Optional[Federation]:
-    """Loopback TCP + Noise, if the links layer is there (None otherwise)."""
+async def tcp_federation(reactor: Any, n: int, nodelay: bool = False) -> Optional[Federation]:
+    """n PeerNetworks on loopback TCP + Noise in this process (None if the links layer is absent)."""
     try:
-        from frostnode.net import peers  # noqa: F401
+        from frostnode.identity import AddressCard, HostKeypair, MemberDirectory
+        from frostnode.net.noise import generate_noise_private_key, noise_public_key
+        from frostnode.net.peers import LinkConfig, PeerNetwork
     except ImportError:
         return None
-    builder = getattr(peers, "loopback_federation", None)
-    if builder is None:
-        return None
-    # The links engineer's helper: starts n PeerNetworks on loopback and
-    # returns (links list, frames/bytes counter, stop) once all are connected.
-    links, frame_counter, stop = await builder(reactor, n)
-    ms = [lk.local for lk in links]
-    nodes = [ReliableBroadcast(lk, sorted(ms), reactor) for lk in links]
-    return Federation(nodes, "loopback TCP + Noise", frame_counter, stop)
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    socks, cards, secrets = [], [], []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        host, noise = HostKeypair.generate(), generate_noise_private_key()
+        cards.append(AddressCard.create(host, noise_public_key(noise), [f"tcp:127.0.0.1:{sock.getsockname()[1]}"]))
+        secrets.append((host, noise))
+        socks.append(sock)
+    directory = MemberDirectory(cards)
+    config = LinkConfig(initial_reconnect_delay=0.05, max_reconnect_delay=0.5)
+    nets = []
+    for sock, (host, noise) in zip(socks, secrets):
+        endpoint = AdoptedStreamServerEndpoint(reactor, sock.detach(), socket.AF_INET)
+        nets.append(PeerNetwork(reactor, host, noise, directory, endpoint, config))
+    nodes = [ReliableBroadcast(net, directory.host_keys(), reactor) for net in nets]
+    for net in nets:
+        if nodelay:
+            def up(peer: bytes, is_up: bool, net: Any = net) -> None:
+                link = net.current_link(peer)
+                if is_up and link is not None and hasattr(link.transport, "setTcpNoDelay"):
+                    link.transport.setTcpNoDelay(True)
+            net.add_link_observer(up)
+        net.startService()
+    await defer.gatherResults([net.when_all_connected() for net in nets])
+
+    async def stop() -> None:
+        await defer.gatherResults([net.stopService() for net in nets])
+
+    return Federation(nodes, "loopback TCP + Noise, one process" + (", TCP_NODELAY" if nodelay else ""),
+                      lambda: (sum(net.counters.frames_out for net in nets), sum(net.counters.bytes_out for net in nets)),
+                      stop)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -99,7 +132,7 @@ def pct(values: list[float], q: float) -> float:
 async def bench(reactor: Any, n: int, args: argparse.Namespace) -> dict:
     fed: Optional[Federation] = None
     if args.transport in ("auto", "tcp") and n <= 10:
-        fed = await tcp_federation(reactor, n)
+        fed = await tcp_federation(reactor, n, args.tcp_nodelay)
         if fed is None and args.transport == "tcp":
             raise SystemExit("frostnode.net.peers (loopback TCP + Noise) is not available")
     if fed is None:
@@ -162,6 +195,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
     p.add_argument("--concurrent", type=int, default=3, help="all-at-once rounds")
     p.add_argument("--payload", type=int, default=1024)
     p.add_argument("--transport", choices=("auto", "memory", "tcp"), default="auto")
+    p.add_argument("--tcp-nodelay", action="store_true",
+                   help="set TCP_NODELAY on every link once it is up (the links do not, yet)")
     args = p.parse_args(argv)
     print(f"reliable broadcast benchmark: {args.payload}-byte payload, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus")

@@ -159,10 +159,6 @@ class MemoryNetwork:
                 self.log.failure("handler for channel {channel} on {peer} failed on payload from {sender}",
                                  channel=channel, peer=peer.hex()[:12], sender=sender.hex()[:12])
 
-    def idle(self) -> bool:
-        """Nothing is pending delivery (held payloads of cut pairs aside)."""
-        return not self._pending
-
 
 @implementer(ILinks)
 class MemoryLinks:

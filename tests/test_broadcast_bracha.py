@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-from typing import Iterable, Optional
+from typing import Iterable
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase

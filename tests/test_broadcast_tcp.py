@@ -10,7 +10,7 @@ and links cut while broadcasts are in flight lose and duplicate nothing.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks

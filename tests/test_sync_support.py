@@ -1,0 +1,180 @@
+"""
+Shared helpers for the tests.test_sync_* modules (no tests here): members
+with real keys and cards, a federation of sync nodes over in-memory links or
+real loopback links, each on its own LMDB store in a temporary directory,
+and waits for convergence.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+from frostnode.broadcast.service import ReliableBroadcast
+from frostnode.identity import AddressCard, HostKeypair, MemberDirectory
+from frostnode.net.memory import MemoryNetwork
+from frostnode.net.noise import generate_noise_private_key, noise_public_key
+from frostnode.store.db import Database
+from frostnode.store.log import DataLog, RecordBody
+from frostnode.sync.service import SyncConfig, SyncService
+
+#: Fast timers for tests on the real reactor.
+FAST = SyncConfig(
+    summary_interval=0.05,
+    request_timeout=1.0,
+    retry_delay=0.1,
+    penalty_time=30.0,
+    catchup_grace=0.2,
+    max_batch_records=64,
+    page_records=128,
+    max_page_bytes=256 * 1024,
+)
+
+
+def client_key(i: int) -> bytes:
+    return bytes([0x40 + i % 64]) * 32
+
+
+def record(i: int, client: int = 0, size: int = 64, topic: str = "t") -> RecordBody:
+    payload = (b"record %d from client %d " % (i, client)).ljust(size, b".")
+    return RecordBody(client_key(client), topic, payload, timestamp=i)
+
+
+@dataclass
+class Member:
+    host: HostKeypair
+    noise_private: bytes
+    card: AddressCard
+
+    @property
+    def key(self) -> bytes:
+        return self.host.public
+
+
+def make_member(address: str = "tcp:127.0.0.1:1") -> Member:
+    host = HostKeypair.generate()
+    noise = generate_noise_private_key()
+    return Member(host, noise, AddressCard.create(host, noise_public_key(noise), [address]))
+
+
+@dataclass
+class Node:
+    """One member's store, broadcast and sync service."""
+
+    member: Member
+    path: str
+    db: Database
+    log: DataLog
+    broadcast: ReliableBroadcast
+    sync: SyncService
+    links: Any
+    extra: list = field(default_factory=list)
+
+    @property
+    def key(self) -> bytes:
+        return self.member.key
+
+    @property
+    def short(self) -> str:
+        return self.key.hex()[:16]
+
+    def digest(self) -> tuple[int, str]:
+        d = self.log.digest()
+        return d.count, d.hex()
+
+    @inlineCallbacks
+    def stop(self):
+        if self.sync.running:
+            yield self.sync.stopService()
+        if self.broadcast.running:
+            yield self.broadcast.stopService()
+        for service in self.extra:
+            if service.running:
+                yield service.stopService()
+        yield self.db.close()
+
+
+def start_node(member: Member, members: Sequence[bytes], directory: MemberDirectory, links: Any, path: str,
+               config: SyncConfig) -> Node:
+    db = Database.open(path, reactor=reactor)
+    log = DataLog(db, member.key)
+    bc = ReliableBroadcast(links, list(members), reactor, sweep_interval=1.0)
+    sync = SyncService(log, links, bc, member.host, directory, reactor, config)
+    bc.startService()
+    sync.startService()
+    return Node(member, path, db, log, bc, sync, links)
+
+
+class MemoryFederation:
+    """C{n} nodes over one in-memory network (shuffled delivery) on the real reactor."""
+
+    def __init__(self, test: Any, n: int = 5, config: SyncConfig = FAST, seed: int = 1) -> None:
+        self.members = [make_member() for _ in range(n)]
+        self.directory = MemberDirectory(m.card for m in self.members)
+        keys = [m.key for m in self.members]
+        self.net = MemoryNetwork(reactor, keys, rng=random.Random(seed))
+        self.nodes = [start_node(m, keys, self.directory, self.net.links(m.key), test.mktemp(), config)
+                      for m in self.members]
+        test.addCleanup(self.stop)
+
+    @inlineCallbacks
+    def stop(self):
+        # Crash everyone first, so nothing sent while stopping schedules more work.
+        for m in self.members:
+            self.net.silence(m.key)
+        yield gatherResults([n.stop() for n in self.nodes])
+        yield deferLater(reactor, 0, lambda: None)
+
+
+def submit_all(nodes: Sequence[Node], bodies: Sequence[RecordBody], assign: Callable[[int], int]) -> Deferred:
+    """Submit C{bodies[i]} to C{nodes[assign(i)]}, all at once; fires with the results in order."""
+    return gatherResults([nodes[assign(i)].sync.submit(b) for i, b in enumerate(bodies)])
+
+
+@inlineCallbacks
+def wait_until(predicate: Callable[[], bool], timeout: float, describe: Callable[[], str] = lambda: "") -> Any:
+    """Poll C{predicate} every 20 ms on the real reactor until true; fail after C{timeout} seconds."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s. {describe()}")
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
+def converged(nodes: Sequence[Node], count: Optional[int] = None) -> bool:
+    digests = {n.digest() for n in nodes}
+    return len(digests) == 1 and (count is None or next(iter(digests))[0] == count)
+
+
+def describe(nodes: Sequence[Node]) -> Callable[[], str]:
+    return lambda: "; ".join(f"{n.short}: {n.digest()[0]} records, {n.digest()[1][:12]}" for n in nodes)
+
+
+def wait_converged(nodes: Sequence[Node], count: Optional[int] = None, timeout: float = 20.0) -> Deferred:
+    return wait_until(lambda: converged(nodes, count), timeout, describe(nodes))
+
+
+class LogCapture:
+    """Collects global log events from the moment it is made until C{stop}."""
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+
+    def stop(self) -> None:
+        globalLogPublisher.removeObserver(self.events.append)
+
+    def matching(self, text: str, **fields: Any) -> list[LogEvent]:
+        return [e for e in self.events
+                if text in (formatEvent(e) or "") and all(e.get(k) == v for k, v in fields.items())]
+
+
+def temp_path(test: Any) -> str:
+    return os.path.abspath(test.mktemp())

@@ -287,7 +287,7 @@ class DkgRun:
     @classmethod
     def recover(cls, host: HostKeypair, state: RunState, pendings: dict[bytes, PendingKey], now: float,
                 config: RunConfig = RunConfig(), rand: Rand = os.urandom,
-                early: Optional[EarlyBuffer] = None) -> tuple["DkgRun", list[RunAction]]:
+                early: Optional[EarlyBuffer] = None, closed: bool = False) -> tuple["DkgRun", list[RunAction]]:
         """
         Rebuild a run after a restart.
 
@@ -296,6 +296,9 @@ class DkgRun:
         current session is not among them we lost its secrets: we abort it
         with a C{restarted} abort, count that against ourselves as everyone
         else will, and begin the next attempt with the same members.
+
+        @param closed: the run had already failed; only its signed sessions
+            are resumed (they may still be certified), nothing new starts.
         """
         run = cls(host, state.epoch, state.threshold, state.members, config, rand, early)
         run.attempt = state.attempt
@@ -308,6 +311,9 @@ class DkgRun:
             s, acts = DkgSession.resume(pk, host, now, config.timeouts)
             run.sessions[sid] = s
             out += acts
+        if closed:
+            run.outcome = RunFailed(run.epoch, dict(run.excluded), "failed before the restart")
+            return run, out
         try:
             cur = run.params_for(run.attempt)
         except ValueError:

@@ -1,0 +1,539 @@
+# -*- test-case-name: tests.test_dkg_driver -*-
+"""
+The Twisted shell around L{frostnode.dkg.run}: links, broadcast, store, clock.
+
+L{DkgService} owns at most one L{DkgRun} at a time and does three things
+the pure machines cannot:
+
+  - B{Carries out actions in order, waiting for durable writes.}  Actions
+    go through one FIFO queue.  A write (the run state before a round-1
+    broadcast, a signed session's key before its agreement signature, a
+    certified key) blocks the queue until its Deferred fires, i.e. until it
+    is on disk; so a signature never leaves before the key it commits to is
+    stored, whatever arrives meanwhile.  If a write fails the service stops
+    taking part in DKGs (it logs a critical event): an unstorable key must
+    never be signed for.
+  - B{Keeps time.}  One C{IDelayedCall} on the injected clock, at the run's
+    next deadline.  The schedule (L{frostnode.dkg.scheduler}) starts runs at
+    the configured interval; L{DkgService.request_dkg} starts one on demand
+    or says when it may.
+  - B{Catches up.}  A member that restarts, was excluded, or was away asks
+    every peer for what it missed (a C{STATUS} request naming the epoch and
+    the session it is waiting in); peers answer with their certificates of
+    that epoch and later ones, and with the agreement signatures they hold
+    for that session.  A certificate for a session we signed completes it
+    (we hold the key); one for a session we are not in tells us the
+    federation's key, of which we hold no share.  The same path takes a
+    certificate attached to a later signing request
+    (L{DkgService.offer_certificate}).
+
+Starting and joining are the same thing: attempt 0 of epoch e+1 over the
+current members has one session id, whoever computes it.  So a member whose
+timer fires starts that session, and a member that receives a message for it
+first starts it too, if the minimum spacing (less the join grace) has passed
+for it; otherwise it stays out and is excluded as silent.
+
+Logging: every exclusion, blame and outcome is a C{twisted.logger} event with
+named fields (C{epoch}, C{attempt}, C{session}, C{culprit}, C{reason}).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from frostnode.crypto.bip340 import taproot_output_key
+from frostnode.crypto.group import Point
+from frostnode.crypto.keygen import KeyPackage
+from frostnode.dkg import messages as m
+from frostnode.dkg.messages import Reason
+from frostnode.dkg.run import (
+    AlsoCertified,
+    DkgRun,
+    EarlyBuffer,
+    RunCompleted,
+    RunConfig,
+    RunFailed,
+    SaveRun,
+)
+from frostnode.dkg.scheduler import DkgTooSoon, SchedulePolicy, ScheduleTimer
+from frostnode.dkg.session import (
+    Blame,
+    Broadcast,
+    PersistSigned,
+    SendDirect,
+    SessionCompleted,
+    SessionFailed,
+)
+from frostnode.dkg.storage import DkgStorage
+from frostnode.dkg.transcript import Certificate, InvalidCertificate, SessionParams
+from frostnode.identity import HostKeypair
+from frostnode.net.interfaces import CHANNEL_DKG, IBroadcast, ILinks
+
+__all__ = ["DkgService", "DkgResult", "DkgTooSoon", "default_threshold"]
+
+#: Certificates of later epochs sent in one status answer.
+MAX_CATCH_UP = 8
+
+
+def default_threshold(n: int) -> int:
+    """t = ceil(2n/3): any coalition that can sign includes more than n/3 members, so an honest one."""
+    return -(-2 * n // 3)
+
+
+def _short(h: bytes) -> str:
+    return h.hex()[:16]
+
+
+@dataclass(frozen=True)
+class DkgResult:
+    """
+    How a DKG run ended, for us.
+
+    @ivar ok: a key was certified.
+    @ivar excluded: everyone the run excluded (host key to reason).
+    @ivar certificate: the success certificate (every member's signature).
+    @ivar key_package: our share, or None if we are not in the certified
+        session (we were excluded, or the run failed).
+    """
+
+    epoch: int
+    ok: bool
+    excluded: Mapping[bytes, Reason] = field(default_factory=dict)
+    certificate: Optional[Certificate] = None
+    key_package: Optional[KeyPackage] = None
+    reason: str = ""
+
+    @property
+    def member(self) -> bool:
+        return self.key_package is not None
+
+    @property
+    def internal_key(self) -> Optional[Point]:
+        """The Taproot-safe internal key (33-byte plain point)."""
+        return None if self.certificate is None else self.certificate.group_key
+
+    @property
+    def output_key(self) -> Optional[bytes]:
+        """The BIP86-style Taproot output key (32-byte x-only)."""
+        ik = self.internal_key
+        return None if ik is None else taproot_output_key(ik.xbytes())[0]
+
+    @property
+    def session_id(self) -> Optional[bytes]:
+        return None if self.certificate is None else self.certificate.params.session_id
+
+    @property
+    def attempt(self) -> Optional[int]:
+        return None if self.certificate is None else self.certificate.params.attempt
+
+
+Members = Union[Callable[[], Sequence[bytes]], object]
+
+
+class DkgService(Service):
+    """
+    This member's DKG.
+
+    @param host: our host key (signs the agreement round).
+    @param members: the current members' host keys: a callable, or an object
+        with C{host_keys()} (a L{frostnode.identity.MemberDirectory}).
+    @param links: point-to-point links; we register on L{CHANNEL_DKG}.
+    @param broadcast: reliable broadcast among the members.
+    @param storage: see L{frostnode.dkg.storage}.
+    @param clock: every timer.
+    @param policy: interval and minimum spacing.
+    @param config: timeouts and attempt limits.
+    @param threshold: t as a function of n.
+    @param schedule: start runs from the policy's timer (off: on request and
+        by joining only).
+    """
+
+    log = Logger()
+
+    def __init__(self, host: HostKeypair, members: Members, links: ILinks, broadcast: IBroadcast,
+                 storage: DkgStorage, clock: IReactorTime, policy: SchedulePolicy = SchedulePolicy(),
+                 config: RunConfig = RunConfig(), threshold: Callable[[int], int] = default_threshold,
+                 rand: Callable[[int], bytes] = os.urandom, schedule: bool = True) -> None:
+        self.host = host
+        self._members = members.host_keys if hasattr(members, "host_keys") else members  # type: ignore[union-attr]
+        self.links = links
+        self.broadcast = broadcast
+        self.storage = storage
+        self.clock = clock
+        self.policy = policy
+        self.config = config
+        self.threshold = threshold
+        self._rand = rand
+        self.early = EarlyBuffer()
+        self.run: Optional[DkgRun] = None
+        self.last_result: Optional[DkgResult] = None
+        self._waiters: list[Deferred] = []
+        self._queue: deque = deque()
+        self._blocked = False
+        self._draining = False
+        self._halted = False
+        self._call: Optional[IDelayedCall] = None
+        self._last_failure: Optional[float] = None
+        self._schedule = schedule
+        self.timer = ScheduleTimer(clock, policy, storage.last_dkg, lambda: self._last_failure, self._scheduled)
+        #: Bytes we handed to the links and to the broadcast (payloads, not Bracha's overhead).
+        self.bytes_direct = 0
+        self.bytes_broadcast = 0
+        links.register(CHANNEL_DKG, self._direct)
+        broadcast.subscribe(m.TAG_PREFIX, self._delivered)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._recover()
+        if self._schedule:
+            self.timer.start()
+
+    def stopService(self) -> Optional[Deferred]:
+        self.timer.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return super().stopService()
+
+    def _now(self) -> float:
+        return self.clock.seconds()
+
+    def members(self) -> list[bytes]:
+        return sorted(self._members())
+
+    def _recover(self) -> None:
+        """Resume or cleanly abort whatever DKG we were in before a restart."""
+        loaded = self.storage.load_run()
+        waiting = m.NO_SESSION
+        if loaded is not None:
+            state, closed = loaded
+            if state.epoch > self.storage.last_epoch():
+                signed = self.storage.load_signed()
+                self.run, acts = DkgRun.recover(self.host, state, signed, self._now(), self.config, self._rand,
+                                                self.early, closed=closed)
+                cur = self.run.current
+                if cur is not None and cur.signed:
+                    waiting = cur.sid
+                self.log.info("DKG epoch {epoch}: resuming after a restart at attempt {attempt} ({sessions} signed sessions)",
+                              epoch=state.epoch, attempt=self.run.attempt, sessions=len(self.run.sessions) - (0 if cur is None or cur.signed else 1))
+                self._execute(acts)
+        self._ask_status(self.storage.last_epoch() + 1, waiting)
+
+    # -- public API -------------------------------------------------------------------
+
+    def request_dkg(self) -> Deferred:
+        """
+        Start a DKG now (a join was accepted), or join the one running.
+
+        @return: a Deferred firing with the L{DkgResult}, or failing with
+            L{DkgTooSoon} (naming the earliest allowed time) inside the
+            minimum spacing.
+        """
+        if self._halted:
+            return fail(RuntimeError("DKG halted after a store failure"))
+        if self.run is not None and self.run.outcome is None:
+            return self._wait()
+        try:
+            self.policy.check_request(self.storage.last_dkg(), self._now())
+        except DkgTooSoon as e:
+            return fail(e)
+        return self._start_run()
+
+    def when_done(self) -> Deferred:
+        """The running DKG's result (or the last one's, if none is running)."""
+        if self.run is not None and self.run.outcome is None:
+            return self._wait()
+        return succeed(self.last_result)
+
+    def offer_certificate(self, data: Union[bytes, Certificate], sender: Optional[bytes] = None) -> None:
+        """
+        A certificate someone handed us (for example attached to a signing
+        request).  Invalid ones are logged and ignored.
+        """
+        try:
+            cert = data if isinstance(data, Certificate) else Certificate.decode(data)
+        except ValueError as e:
+            self.log.warn("undecodable DKG certificate from {culprit}: {why}", culprit=_short(sender or b""), why=str(e))
+            return
+        self._on_certificate(sender, cert)
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _next_params(self) -> Optional[SessionParams]:
+        ms = self.members()
+        try:
+            return SessionParams(self.storage.last_epoch() + 1, 0, self.threshold(len(ms)), ms)
+        except ValueError:
+            return None
+
+    def _start_run(self) -> Deferred:
+        params = self._next_params()
+        if params is None or self.host.public not in params:
+            return fail(ValueError("we are not in a valid member list, so cannot run a DKG"))
+        self.run = DkgRun(self.host, params.epoch, params.threshold, params.members, self.config, self._rand, self.early)
+        self.log.info("DKG epoch {epoch}: starting with {n} members, t = {t}", epoch=params.epoch, n=params.n, t=params.threshold)
+        d = self._wait()
+        self._execute(self.run.start(self._now()))
+        return d
+
+    def _scheduled(self) -> Deferred:
+        if self.run is not None and self.run.outcome is None:
+            return self._wait()
+        if self._halted:
+            return succeed(None)
+        return self._start_run()
+
+    def _wait(self) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _finish(self, result: DkgResult) -> None:
+        self.last_result = result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(result)
+        self.timer.reschedule()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _delivered(self, sender: bytes, tag: bytes, payload: bytes) -> None:
+        if self._halted:
+            return
+        run = self.run
+        if run is None or run.outcome is not None:
+            try:
+                sid, _, _ = m.parse_tag(tag)
+            except ValueError:
+                return
+            if run is not None and sid in run.session_ids():
+                self._execute(run.deliver(sender, tag, payload, self._now()))
+                return
+            nxt = self._next_params()
+            if nxt is None or sid != nxt.session_id or self.host.public not in nxt:
+                self.early.add(sid, sender, ("b", tag, payload))
+                return
+            if not self.policy.may_join(self.storage.last_dkg(), self._now()):
+                self.log.warn("DKG epoch {epoch}: {culprit} started a DKG inside our minimum spacing; not joining",
+                              epoch=nxt.epoch, culprit=_short(sender))
+                return
+            self.early.add(sid, sender, ("b", tag, payload))
+            self._start_run()
+            return
+        self._execute(run.deliver(sender, tag, payload, self._now()))
+
+    def _direct(self, sender: bytes, payload: bytes) -> None:
+        if self._halted:
+            return
+        try:
+            msg = m.decode_direct(payload)
+        except ValueError as e:
+            self.log.warn("malformed DKG message from {culprit}: {why}", culprit=_short(sender), why=str(e))
+            return
+        if isinstance(msg, m.StatusRequest):
+            self._answer_status(sender, msg)
+        elif isinstance(msg, m.CertificateMessage):
+            self._on_certificate(sender, msg.certificate)
+        elif self.run is not None:
+            self._execute(self.run.receive_direct(sender, msg, self._now()))
+        elif isinstance(msg, m.Share):
+            self.early.add(msg.session_id, sender, ("share", msg.share))
+
+    def _on_certificate(self, sender: Optional[bytes], cert: Certificate) -> None:
+        epoch = cert.params.epoch
+        run = self.run
+        if run is not None and run.epoch == epoch:
+            try:
+                self._execute(run.offer_certificate(cert, self._now()))
+            except InvalidCertificate as e:
+                self.log.warn("DKG epoch {epoch}: invalid certificate from {culprit}: {why}",
+                              epoch=epoch, culprit=_short(sender or b""), why=str(e))
+            return
+        if epoch <= self.storage.last_epoch():
+            return
+        # A later epoch than any we know: we were away or excluded.
+        ms = set(self.members())
+        try:
+            if not set(cert.params.members) <= ms or cert.params.threshold < self.threshold(len(ms)):
+                raise InvalidCertificate(None, "members or threshold do not fit the current federation")
+            cert.verify()
+        except InvalidCertificate as e:
+            self.log.warn("DKG epoch {epoch}: invalid certificate from {culprit}: {why}",
+                          epoch=epoch, culprit=_short(sender or b""), why=str(e))
+            return
+        if run is not None and run.outcome is None:
+            self.log.warn("DKG epoch {epoch}: abandoning our run, the federation is already at epoch {newer}",
+                          epoch=run.epoch, newer=epoch)
+        pending = self.storage.load_signed().get(cert.params.session_id)
+        if pending is not None and pending.agreement_hash != cert.message:
+            pending = None
+        self.run = None
+        self._execute([RunCompleted(cert, pending, {})])
+        if sender is not None:
+            self._ask_status(epoch + 1, m.NO_SESSION, [sender])
+
+    def _answer_status(self, peer: bytes, req: m.StatusRequest) -> None:
+        certs: dict[bytes, Certificate] = {}
+        last = self.storage.last_epoch()
+        for e in range(req.epoch, min(last, req.epoch + MAX_CATCH_UP - 1) + 1):
+            for c in self.storage.certificates(e):
+                certs[c.params.session_id] = c
+        if self.run is not None and self.run.epoch >= req.epoch:
+            for c in self.run.certificates():
+                certs[c.params.session_id] = c
+        out = [m.CertificateMessage(c) for c in certs.values()]
+        if req.session_id != m.NO_SESSION and self.run is not None:
+            sigs = self.run.signatures(req.session_id)
+            if sigs:
+                out.append(m.Signatures(req.session_id, sigs))
+        for msg in out:
+            self._send(peer, m.encode_direct(msg))
+
+    def _ask_status(self, epoch: int, session_id: bytes, peers: Optional[list[bytes]] = None) -> None:
+        payload = m.encode_direct(m.StatusRequest(epoch, session_id))
+        for p in (self.links.peers() if peers is None else peers):
+            self._send(p, payload)
+
+    def _send(self, peer: bytes, payload: bytes) -> None:
+        try:
+            self.links.send(peer, CHANNEL_DKG, payload)
+        except Exception as e:
+            self.log.warn("DKG message to {peer} not queued: {why}", peer=_short(peer), why=repr(e))
+            return
+        self.bytes_direct += len(payload)
+
+    # -- actions ------------------------------------------------------------------------
+
+    def _execute(self, actions: list) -> None:
+        self._queue.extend(actions)
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._queue and not self._blocked and not self._halted:
+                d = self._perform(self._queue.popleft())
+                if d is not None:
+                    self._blocked = True
+                    d.addCallbacks(self._write_done, self._write_failed)
+        finally:
+            self._draining = False
+        self._arm()
+
+    def _write_done(self, _: object) -> None:
+        self._blocked = False
+        self._drain()
+
+    def _write_failed(self, f) -> None:
+        self._halted = True
+        self._queue.clear()
+        self.log.critical("DKG halted: a durable write failed, nothing more will be signed: {why}",
+                          why=f.getErrorMessage(), log_failure=f)
+
+    def _perform(self, a) -> Optional[Deferred]:
+        now = self._now()
+        if isinstance(a, Broadcast):
+            self.bytes_broadcast += len(a.payload)
+            self.broadcast.broadcast(a.tag, a.payload)
+        elif isinstance(a, SendDirect):
+            self._send(a.peer, a.payload)
+        elif isinstance(a, PersistSigned):
+            return self.storage.save_signed(a.pending)
+        elif isinstance(a, SaveRun):
+            return self.storage.save_run(a.state)
+        elif isinstance(a, Blame):
+            self.log.warn("DKG session {session}: {culprit} misbehaved: {what}",
+                          session=_short(a.session_id), culprit=_short(a.culprit), what=a.what)
+        elif isinstance(a, SessionCompleted):
+            self.log.info("DKG epoch {epoch} attempt {attempt}: certified by all {n} members, key {key}",
+                          epoch=a.params.epoch, attempt=a.params.attempt, n=a.params.n,
+                          key=a.certificate.group_key.encode().hex())
+        elif isinstance(a, SessionFailed):
+            self._session_failed(a)
+        elif isinstance(a, RunCompleted):
+            return self._run_completed(a, now)
+        elif isinstance(a, AlsoCertified):
+            self.log.error("DKG epoch {epoch}: attempt {attempt} was certified too, after another attempt; "
+                           "keeping its key {key} as well", epoch=a.certificate.params.epoch,
+                           attempt=a.certificate.params.attempt, key=a.certificate.group_key.encode().hex())
+            if a.pending is not None:
+                return self.storage.certify(a.pending, a.certificate, now)
+        elif isinstance(a, RunFailed):
+            return self._run_failed(a, now)
+        return None
+
+    def _session_failed(self, a: SessionFailed) -> None:
+        p = a.params
+        if not a.exclusions:
+            self.log.warn("DKG epoch {epoch} attempt {attempt}: session {session} aborted (restart of {culprit}), "
+                          "retrying with the same members", epoch=p.epoch, attempt=p.attempt,
+                          session=_short(p.session_id), culprit=_short(a.restarted_by or b""))
+        for h, r in sorted(a.exclusions.items()):
+            self.log.warn("DKG epoch {epoch} attempt {attempt}: excluding {culprit}: {reason}",
+                          epoch=p.epoch, attempt=p.attempt, session=_short(p.session_id),
+                          culprit=h.hex(), reason=r.name)
+        # Someone may hold a certificate we missed (we might be the one excluded).
+        self._ask_status(p.epoch, p.session_id if a.signed else m.NO_SESSION)
+
+    def _run_completed(self, a: RunCompleted, now: float) -> Deferred:
+        cert = a.certificate
+        p = cert.params
+        if a.pending is not None:
+            d = self.storage.certify(a.pending, cert, now)
+        else:
+            d = self.storage.record_foreign(cert, now)
+        run = self.run
+        keep = {sid for sid, s in run.sessions.items() if s.signed and sid != p.session_id} if run is not None else set()
+        d.addCallback(lambda _: self.storage.finish_epoch(p.epoch, keep))
+        result = DkgResult(p.epoch, True, dict(a.exclusions), cert, None if a.pending is None else a.pending.key_package)
+
+        def announce(_: object) -> None:
+            self.log.info("DKG epoch {epoch}: new key certified (attempt {attempt}, {n} members, t = {t}); "
+                          "internal key {internal}, output key {output}; {role}; excluded: {excluded}",
+                          epoch=p.epoch, attempt=p.attempt, n=p.n, t=p.threshold,
+                          internal=cert.group_key.encode().hex(), output=result.output_key.hex(),
+                          role="we hold a share" if result.member else "we hold no share",
+                          excluded={h.hex(): r.name for h, r in a.exclusions.items()})
+            self._finish(result)
+        d.addCallback(announce)
+        return d
+
+    def _run_failed(self, a: RunFailed, now: float) -> Deferred:
+        self._last_failure = now
+        self.log.error("DKG epoch {epoch} failed: {reason}; excluded: {excluded}; the previous key stays in use",
+                       epoch=a.epoch, reason=a.reason, excluded={h.hex(): r.name for h, r in a.exclusions.items()})
+        self._ask_status(a.epoch, m.NO_SESSION)
+        d = self.storage.save_run(self.run.state, closed=True) if self.run is not None else succeed(None)
+        d.addCallback(lambda _: self._finish(DkgResult(a.epoch, False, dict(a.exclusions), reason=a.reason)))
+        return d
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        deadline = None if self.run is None or self._halted else self.run.deadline
+        if self._call is not None and self._call.active():
+            if deadline is not None and self._call.getTime() == deadline:
+                return
+            self._call.cancel()
+        self._call = None
+        if deadline is not None:
+            self._call = self.clock.callLater(max(0.0, deadline - self._now()), self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        if self.run is not None and not self._halted:
+            self._execute(self.run.tick(self._now()))
+        else:
+            self._arm()

@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_dkg_driver -*-
+"""
+The DKG service over in-memory links, the real reliable broadcast, the key
+store and a C{task.Clock}: several members in one process, restarts included.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Optional
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from frostnode.broadcast.service import ReliableBroadcast
+from frostnode.crypto.bip340 import schnorr_verify, taproot_output_key
+from frostnode.crypto.group import N
+from frostnode.dkg import messages as m
+from frostnode.dkg.driver import DkgResult, DkgService
+from frostnode.dkg.messages import Reason
+from frostnode.dkg.run import RunConfig
+from frostnode.dkg.scheduler import DAY, DkgTooSoon, SchedulePolicy
+from frostnode.dkg.session import Timeouts
+from frostnode.dkg.storage import KeyStoreDkgStorage, MemoryDkgStorage
+from frostnode.dkg.transcript import Certificate
+from frostnode.net.interfaces import CHANNEL_DKG, ILinks
+from frostnode.net.memory import MemoryNetwork
+from frostnode.store.db import Database
+from frostnode.store.keys import EpochStatus, KeyStore
+from tests.test_dkg_session import bip445_sign, hosts
+
+TIMEOUTS = Timeouts(round1=20.0, round2=20.0, reveal=10.0, agreement=20.0)
+START = 1_700_000_000.0
+
+
+@implementer(ILinks)
+class RestartableLinks:
+    """
+    One member's links across "process restarts": L{reset} forgets every
+    handler, as a new process would have none, while the network (and what
+    peers queued for us) carries on.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.local = inner.local
+        self._handlers: dict[int, Callable] = {}
+        self._registered: set[int] = set()
+
+    def reset(self) -> None:
+        self._handlers.clear()
+
+    def register(self, channel: int, handler) -> None:
+        if channel in self._handlers:
+            raise ValueError("channel taken")
+        self._handlers[channel] = handler
+        if channel not in self._registered:
+            self._registered.add(channel)
+            self.inner.register(channel, lambda s, p, c=channel: self._dispatch(c, s, p))
+
+    def _dispatch(self, channel: int, sender: bytes, payload: bytes) -> None:
+        h = self._handlers.get(channel)
+        if h is not None:
+            h(sender, payload)
+
+    def send(self, peer: bytes, channel: int, payload: bytes) -> None:
+        self.inner.send(peer, channel, payload)
+
+    def peers(self) -> list[bytes]:
+        return self.inner.peers()
+
+    def connected(self) -> set[bytes]:
+        return self.inner.connected()
+
+
+class Node:
+    def __init__(self, fed: "MemoryFederation", host) -> None:
+        self.fed = fed
+        self.host = host
+        self.key = host.public
+        self.links = RestartableLinks(fed.net.links(host.public))
+        self.storage = fed.storage_factory(self)
+        self.boot()
+
+    def boot(self) -> None:
+        fed = self.fed
+        self.broadcast = ReliableBroadcast(self.links, fed.members, fed.clock)
+        self.broadcast.startService()
+        self.service = DkgService(self.host, lambda: fed.members, self.links, self.broadcast, self.storage,
+                                  fed.clock, fed.policy, fed.config, rand=fed.rand, schedule=fed.schedule)
+        self.results: list[DkgResult] = []
+        self.service.startService()
+
+    def crash(self) -> None:
+        """Drop every in-memory object of this member; the store survives."""
+        self.service.stopService()
+        self.broadcast.stopService()
+        self.links.reset()
+
+    def restart(self) -> None:
+        self.crash()
+        if isinstance(self.storage, KeyStoreDkgStorage):
+            self.storage = self.fed.storage_factory(self, reopen=True)
+        self.boot()
+
+
+class MemoryFederation:
+    def __init__(self, test: SynchronousTestCase, n: int, seed: int = 1, schedule: bool = False,
+                 policy: SchedulePolicy = SchedulePolicy(interval=None), keystore: bool = False,
+                 delay: float = 0.0) -> None:
+        self.test = test
+        self.clock = Clock()
+        self.clock.advance(START)
+        hs = hosts(n, seed)
+        self.members = [h.public for h in hs]
+        self.net = MemoryNetwork(self.clock, self.members, rng=random.Random(seed), delay=delay)
+        self.policy = policy
+        self.config = RunConfig(TIMEOUTS)
+        self.schedule = schedule
+        rng = random.Random(seed * 7919)
+        self.rand = lambda k: rng.randbytes(k)
+        self.dbs: dict[bytes, Database] = {}
+        self.dirs: dict[bytes, str] = {}
+        self.storage_factory = self._keystore if keystore else (lambda node, reopen=False: MemoryDkgStorage())
+        self.nodes = [Node(self, h) for h in hs]
+        self.by_key = {nd.key: nd for nd in self.nodes}
+
+    def _keystore(self, node: Node, reopen: bool = False) -> KeyStoreDkgStorage:
+        if node.key not in self.dirs:
+            self.dirs[node.key] = self.test.mktemp()
+        if reopen:
+            self.dbs[node.key].close_sync()
+        db = self.dbs[node.key] = Database.open(self.dirs[node.key])
+        self.test.addCleanup(lambda: None if db._closed else db.close_sync())
+        return KeyStoreDkgStorage(KeyStore(db), sync=True)
+
+    def settle(self, until: Optional[Callable[[], bool]] = None, limit: float = 3600.0) -> None:
+        """Run the clock: every due call, then jump to the next, up to C{limit} seconds ahead."""
+        end = self.clock.seconds() + limit
+        for _ in range(200000):
+            if until is not None and until():
+                return
+            calls = [c.getTime() for c in self.clock.getDelayedCalls()]
+            if not calls:
+                return
+            nxt = min(calls)
+            if nxt > end:
+                return
+            self.clock.advance(max(0.0, nxt - self.clock.seconds()))
+        raise AssertionError("clock never settled")
+
+    def request(self, node: Node):
+        d = node.service.request_dkg()
+        d.addCallback(node.results.append)
+        return d
+
+    def all_done(self, nodes=None) -> bool:
+        return all(nd.service.last_result is not None for nd in (nodes or self.nodes))
+
+
+class DriverChecks:
+    def check_agree(self, fed: MemoryFederation, nodes: list[Node]) -> DkgResult:
+        results = [nd.service.last_result for nd in nodes]
+        for nd, r in zip(nodes, results):
+            self.assertIsNotNone(r, f"{nd.key.hex()[:8]} has no result")
+            self.assertTrue(r.ok, r.reason)
+            self.assertTrue(r.member)
+        self.assertEqual(len({r.certificate.encode() for r in results}), 1)
+        r0 = results[0]
+        self.assertEqual(r0.output_key, taproot_output_key(r0.internal_key.xbytes())[0])
+        t = r0.certificate.params.threshold
+        kps = sorted((r.key_package for r in results), key=lambda kp: kp.identifier)
+        sig, out_key = bip445_sign(kps[-t:], b"frostnode")
+        self.assertEqual(out_key, r0.output_key)
+        self.assertTrue(schnorr_verify(b"frostnode", out_key, sig))
+        return r0
+
+
+class MemoryDriverTests(DriverChecks, SynchronousTestCase):
+    def test_request_on_one_member_others_join(self) -> None:
+        fed = MemoryFederation(self, 4)
+        d = fed.request(fed.nodes[0])
+        fed.settle(fed.all_done)
+        self.successResultOf(d)
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.epoch, 1)
+        self.assertEqual(r.attempt, 0)
+        self.assertEqual(r.excluded, {})
+        for nd in fed.nodes:
+            self.assertEqual(nd.storage.last_epoch(), 1)
+            self.assertEqual(nd.storage.last_dkg(), fed.clock.seconds())
+            self.assertEqual(nd.storage.signed, {})   # dropped once certified
+            self.assertIsNone(nd.storage.run)
+
+    def test_silent_member_excluded_and_named(self) -> None:
+        fed = MemoryFederation(self, 7, seed=2)
+        silent = fed.nodes[3]
+        fed.net.silence(silent.key)
+        with capturedLogs() as events:
+            for nd in fed.nodes:
+                if nd is not silent:
+                    fed.request(nd)
+            fed.settle(lambda: fed.all_done([n for n in fed.nodes if n is not silent]))
+        honest = [n for n in fed.nodes if n is not silent]
+        r = self.check_agree(fed, honest)
+        self.assertEqual(r.excluded, {silent.key: Reason.SILENT_ROUND1})
+        self.assertNotIn(silent.key, r.certificate.params.members)
+        named = [e for e in events if e.get("culprit") == silent.key.hex() and e.get("reason") == "SILENT_ROUND1"]
+        self.assertTrue(named)
+        # The silent member comes back and learns the key it holds no share of.
+        fed.net.unsilence(silent.key)
+        silent.restart()
+        fed.settle(lambda: silent.service.last_result is not None)
+        late = silent.service.last_result
+        self.assertTrue(late.ok)
+        self.assertFalse(late.member)
+        self.assertEqual(late.certificate, r.certificate)
+        self.assertEqual(silent.storage.last_epoch(), 1)
+
+    def test_issue_577_over_links(self) -> None:
+        fed = MemoryFederation(self, 7, seed=3)
+        culprit, victim = fed.nodes[1], fed.nodes[4]
+
+        def rewrite(peer, channel, payload):
+            if channel == CHANNEL_DKG and peer == victim.key:
+                msg = m.decode_direct(payload)
+                if isinstance(msg, m.Share):
+                    return [(peer, channel, m.encode_direct(m.Share(msg.session_id, (msg.share + 1) % N)))]
+            return [(peer, channel, payload)]
+        fed.net.set_byzantine(culprit.key, rewrite)
+        fed.request(fed.nodes[0])
+        fed.settle(fed.all_done)
+        # The culprit reveals the good share (it is honest apart from the bad
+        # private share): the complaint is dismissed and all keep one key.
+        self.check_agree(fed, fed.nodes)
+
+    def test_minimum_spacing_across_restarts(self) -> None:
+        fed = MemoryFederation(self, 4, keystore=True)
+        fed.request(fed.nodes[0])
+        fed.settle(fed.all_done)
+        done_at = fed.clock.seconds()
+        node = fed.nodes[2]
+        for _ in range(2):
+            f = self.failureResultOf(node.service.request_dkg(), DkgTooSoon)
+            self.assertEqual(f.value.earliest, done_at + 14 * DAY)
+            self.assertIn("14 days", str(f.value))
+            node.restart()  # reopens the LMDB store
+        fed.clock.advance(14 * DAY - 1)
+        self.failureResultOf(node.service.request_dkg(), DkgTooSoon)
+        fed.clock.advance(1)
+        d = node.service.request_dkg()
+        fed.settle(lambda: all(n.service.last_result.epoch == 2 for n in fed.nodes))
+        self.assertEqual(self.successResultOf(d).epoch, 2)
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.epoch, 2)
+        for nd in fed.nodes:
+            keys = nd.storage.keys
+            self.assertEqual([e.epoch for e in keys.usable()], [1, 2])  # old key stays usable
+            self.assertEqual(keys.get(2).status, EpochStatus.CERTIFIED)
+
+    def test_scheduled_runs(self) -> None:
+        fed = MemoryFederation(self, 4, schedule=True, policy=SchedulePolicy(interval=20 * DAY))
+        fed.settle(fed.all_done)   # no key yet: due at once
+        self.assertEqual({n.service.last_result.epoch for n in fed.nodes}, {1})
+        first = fed.clock.seconds()
+        fed.settle(lambda: all(n.service.last_result.epoch == 2 for n in fed.nodes), limit=30 * DAY)
+        self.assertEqual({n.service.last_result.epoch for n in fed.nodes}, {2})
+        self.assertGreaterEqual(fed.clock.seconds(), first + 20 * DAY)
+        self.assertLess(fed.clock.seconds(), first + 20 * DAY + 60)
+
+
+class KeyStoreRestartTests(DriverChecks, SynchronousTestCase):
+    """
+    A member's process "dies" (all its objects dropped) and restarts from its
+    LMDB store at each phase; nobody ends with a key the others lack, and its
+    stored state matches theirs.
+    """
+
+    def crash_at(self, phase: Callable[[Node], bool], seed: int) -> tuple[MemoryFederation, Node]:
+        fed = MemoryFederation(self, 4, seed=seed, keystore=True, delay=0.01)
+        victim = fed.nodes[2]
+        fed.request(fed.nodes[0])
+        fed.settle(lambda: phase(victim))
+        self.assertTrue(phase(victim), "phase never reached")
+        victim.restart()
+        fed.settle(fed.all_done)
+        return fed, victim
+
+    def check_stores_match(self, fed: MemoryFederation) -> None:
+        recs = [nd.storage.keys.get(1) for nd in fed.nodes]
+        for rec in recs:
+            self.assertIsNotNone(rec)
+            self.assertEqual(rec.status, EpochStatus.CERTIFIED)
+        self.assertEqual(len({(r.session_id, r.internal_key, r.output_key, r.certificate) for r in recs}), 1)
+        for nd in fed.nodes:
+            self.assertIsNone(nd.storage.load_run())
+            # Keys of other attempts it signed are kept until the next epoch,
+            # in case one is certified late; the certified one is a record now.
+            self.assertNotIn(recs[0].session_id, nd.storage.load_signed())
+
+    def test_restart_before_round1(self) -> None:
+        # Crashed right after writing the run state, before anything else.
+        fed, victim = self.crash_at(lambda v: v.storage.load_run() is not None, seed=21)
+        self.check_agree(fed, fed.nodes)
+        self.check_stores_match(fed)
+
+    def test_restart_in_round2(self) -> None:
+        def in_round2(v: Node) -> bool:
+            run = v.service.run
+            return run is not None and run.current is not None and run.current.phase.value == "round2"
+        fed, victim = self.crash_at(in_round2, seed=22)
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.attempt, 1)   # restarted with the same members
+        self.assertEqual(r.excluded, {})
+        self.check_stores_match(fed)
+
+    def test_restart_after_signing(self) -> None:
+        fed, victim = self.crash_at(lambda v: v.storage.load_signed() != {}, seed=23)
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.attempt, 0)
+        self.check_stores_match(fed)
+
+    def test_restart_after_certificate(self) -> None:
+        fed, victim = self.crash_at(lambda v: v.service.last_result is not None, seed=24)
+        self.check_agree(fed, fed.nodes[:2] + fed.nodes[3:])
+        self.check_stores_match(fed)
+        # After the restart the victim's store still has the key.
+        rec = victim.storage.keys.get(1)
+        self.assertEqual(Certificate.decode(rec.certificate), fed.nodes[0].service.last_result.certificate)

@@ -310,6 +310,13 @@ class DkgService(Service):
     def _delivered(self, sender: bytes, tag: bytes, payload: bytes) -> None:
         if self._halted:
             return
+        if not self.running:
+            # Not started (or stopped): keep it for when we are.
+            try:
+                self.early.add(m.parse_tag(tag)[0], sender, ("b", tag, payload))
+            except ValueError:
+                pass
+            return
         run = self.run
         if run is None or run.outcome is not None:
             try:
@@ -339,6 +346,10 @@ class DkgService(Service):
             msg = m.decode_direct(payload)
         except ValueError as e:
             self.log.warn("malformed DKG message from {culprit}: {why}", culprit=_short(sender), why=str(e))
+            return
+        if not self.running:
+            if isinstance(msg, m.Share):
+                self.early.add(msg.session_id, sender, ("share", msg.share))
             return
         if isinstance(msg, m.StatusRequest):
             self._answer_status(sender, msg)

@@ -21,6 +21,7 @@ from frostnode.broadcast.service import ReliableBroadcast
 from frostnode.identity import AddressCard, HostKeypair, MemberDirectory
 from frostnode.net.memory import MemoryNetwork
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
+from frostnode.net.peers import LinkConfig, PeerNetwork
 from frostnode.store.db import Database
 from frostnode.store.log import DataLog, RecordBody
 from frostnode.sync.service import SyncConfig, SyncService
@@ -131,6 +132,62 @@ class MemoryFederation:
             self.net.silence(m.key)
         yield gatherResults([n.stop() for n in self.nodes])
         yield deferLater(reactor, 0, lambda: None)
+
+
+class TcpFederation:
+    """
+    C{n} members over real loopback TCP with Noise (L{PeerNetwork}), each
+    listening on its own socket; C{play} says which of them run in this
+    process (the others are left to the test, e.g. a child process).
+    """
+
+    def __init__(self, test: Any, n: int = 5, config: SyncConfig = FAST, play: Optional[Sequence[int]] = None,
+                 link_config: Optional[LinkConfig] = None) -> None:
+        from tests.test_net_support import fast_config, listening_socket
+
+        self.config = config
+        self.link_config = link_config or fast_config()
+        self._listening_socket = listening_socket
+        sockets = [listening_socket(reactor) for _ in range(n)]
+        self.ports = [port for _, port in sockets]
+        self.members = [make_member(f"tcp:127.0.0.1:{port}") for port in self.ports]
+        self.directory = MemberDirectory(m.card for m in self.members)
+        self.keys = [m.key for m in self.members]
+        self.paths = [temp_path(test) for _ in range(n)]
+        self.nodes: list[Optional[Node]] = [None] * n
+        self.endpoints = [endpoint for endpoint, _ in sockets]
+        for i in range(n) if play is None else play:
+            self.start(i)
+        test.addCleanup(self.stop)
+
+    def start(self, i: int) -> Node:
+        endpoint = self.endpoints[i]
+        if endpoint is None:  # restarting: bind the member's port again
+            endpoint, _ = self._listening_socket(reactor, self.ports[i])
+        self.endpoints[i] = None
+        m = self.members[i]
+        links = PeerNetwork(reactor, m.host, m.noise_private, self.directory, endpoint, self.link_config)
+        links.startService()
+        node = start_node(m, self.keys, self.directory, links, self.paths[i], self.config)
+        node.extra.append(links)
+        self.nodes[i] = node
+        return node
+
+    @inlineCallbacks
+    def stop_node(self, i: int):
+        node, self.nodes[i] = self.nodes[i], None
+        yield node.stop()
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes if n is not None]
+
+    def when_connected(self) -> Deferred:
+        """Fires once every running node has had a link to every other running node."""
+        running = self.running()
+        return gatherResults([n.links.when_connected(o.key) for n in running for o in running if o is not n])
+
+    def stop(self) -> Deferred:
+        return gatherResults([n.stop() for n in self.running()])
 
 
 def submit_all(nodes: Sequence[Node], bodies: Sequence[RecordBody], assign: Callable[[int], int]) -> Deferred:

@@ -1,0 +1,147 @@
+"""
+kill -9 of the member that acknowledged records, with that member in a
+separate process (scripts/sync_node.py: its store, links, broadcast and sync
+service) and four members in this process, all over loopback TCP with
+Noise.
+
+The killed member is configured so that nothing it acknowledged can have
+left it before the kill (its batches wait 30 s to close and it sends no
+summary for 30 s): the records exist only on its disk.  After a restart on
+the same data directory they are there, and every other member fetches them
+from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, replace
+from typing import Any, Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+
+from tests.test_sync_support import FAST, TcpFederation, record, temp_path, wait_converged, wait_until
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sync_node.py")
+
+
+class Child(ProcessProtocol):
+    """A sync_node.py process: send commands, wait for events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.stderr = b""
+        self._buffer = b""
+        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
+        self.ended: Deferred = Deferred()
+        self.running = True
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            event = json.loads(line)
+            self.events.append(event)
+            for waiter in list(self._waiters):
+                if waiter[0](event):
+                    self._waiters.remove(waiter)
+                    waiter[1].callback(event)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.running = False
+        for _, d in self._waiters:
+            d.errback(AssertionError(f"child ended: {reason.value}; stderr: {self.stderr.decode()[-3000:]}"))
+        self._waiters = []
+        self.ended.callback(reason.value)
+
+    def send(self, **cmd: Any) -> None:
+        self.transport.write(json.dumps(cmd).encode() + b"\n")
+
+    def when(self, predicate: Callable[[dict], bool]) -> Deferred:
+        d: Deferred = Deferred()
+        self._waiters.append((predicate, d))
+        return d
+
+
+class KillTests(TestCase):
+    timeout = 120
+
+    def spawn(self, fed: TcpFederation, listen_fd: int, data_dir: str, sync: dict) -> Child:
+        m = fed.members[0]
+        path = temp_path(self) + ".json"
+        with open(path, "w") as f:
+            json.dump({
+                "data_dir": data_dir,
+                "host_secret": m.host.secret.hex(),
+                "noise_secret": m.noise_private.hex(),
+                "cards": [x.card.to_dict() for x in fed.members],
+                "listen_fd": 3,
+                "links": asdict(fed.link_config),
+                "sync": sync,
+            }, f)
+        os.chmod(path, 0o600)
+        child = Child()
+        reactor.spawnProcess(child, sys.executable, [sys.executable, SCRIPT, path], env=os.environ.copy(),
+                             childFDs={0: "w", 1: "r", 2: "r", 3: listen_fd})
+
+        def cleanup() -> Any:
+            if child.running:
+                child.transport.signalProcess("KILL")
+                return child.ended
+            return None
+
+        self.addCleanup(cleanup)
+        return child
+
+    @inlineCallbacks
+    def test_acknowledged_records_survive_kill_9_and_reach_everyone(self):
+        fed = TcpFederation(self, play=[1, 2, 3, 4])
+        endpoint = fed.endpoints[0]
+        listen_fd = endpoint.fileno
+        self.addCleanup(os.close, listen_fd)
+        peers = fed.running()
+        data_dir = temp_path(self)
+        quiet = asdict(replace(FAST, batch_delay=30.0, summary_interval=30.0))
+        child = self.spawn(fed, listen_fd, data_dir, quiet)
+        yield child.when(lambda e: e["event"] == "ready")
+        yield gatherResults([p.links.when_connected(fed.keys[0]) for p in peers])
+
+        bodies = [record(i, client=9, size=1024) for i in range(20)]
+        acks = gatherResults([child.when(lambda e, rid=b.record_id.hex(): e.get("id") == rid) for b in bodies])
+        for b in bodies:
+            child.send(cmd="submit", topic=b.topic, payload=b.payload.hex(), client=b.client_key.hex(),
+                       timestamp=b.timestamp)
+        acked = yield acks
+        child.transport.signalProcess("KILL")
+        reason = yield child.ended
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.signal, signal.SIGKILL)
+        self.assertEqual([e["event"] for e in acked], ["ack"] * 20)
+        self.assertTrue(all(e["created"] and e["origin"] == fed.keys[0].hex() for e in acked))
+        # nothing left the killed member
+        self.assertEqual([p.digest()[0] for p in peers], [0] * 4)
+
+        child = self.spawn(fed, listen_fd, data_dir, asdict(FAST))
+        yield child.when(lambda e: e["event"] == "ready")
+        for b in bodies:
+            child.send(cmd="get", id=b.record_id.hex())
+        got = yield gatherResults([child.when(lambda e, rid=b.record_id.hex(): e.get("id") == rid) for b in bodies])
+        self.assertEqual([e["held"] for e in got], [True] * 20)
+        yield wait_converged(peers, 20, timeout=30)
+        self.assertTrue(all(b.record_id in p.log for b in bodies for p in peers))
+        self.assertEqual(sum(p.sync.records_fetched for p in peers), 4 * 20)
+        # the restarted member takes new records and spreads them as usual
+        child.send(cmd="submit", topic="t", payload=b"after".hex(), client=(b"\x05" * 32).hex())
+        yield child.when(lambda e: e["event"] == "ack")
+        yield wait_until(lambda: all(p.digest()[0] == 21 for p in peers), 30)
+        child.send(cmd="stop")
+        yield child.ended

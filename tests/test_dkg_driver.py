@@ -14,18 +14,20 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from frostnode.broadcast import bracha
 from frostnode.broadcast.service import ReliableBroadcast
+from frostnode.crypto.keygen import keygen_round1
 from frostnode.crypto.bip340 import schnorr_verify, taproot_output_key
 from frostnode.crypto.group import N
 from frostnode.dkg import messages as m
 from frostnode.dkg.driver import DkgResult, DkgService
-from frostnode.dkg.messages import Reason
+from frostnode.dkg.messages import Kind, Reason
 from frostnode.dkg.run import RunConfig
 from frostnode.dkg.scheduler import DAY, DkgTooSoon, SchedulePolicy
 from frostnode.dkg.session import Timeouts
 from frostnode.dkg.storage import KeyStoreDkgStorage, MemoryDkgStorage
-from frostnode.dkg.transcript import Certificate
-from frostnode.net.interfaces import CHANNEL_DKG, ILinks
+from frostnode.dkg.transcript import Certificate, SessionParams
+from frostnode.net.interfaces import CHANNEL_BROADCAST, CHANNEL_DKG, ILinks
 from frostnode.net.memory import MemoryNetwork
 from frostnode.store.db import Database
 from frostnode.store.keys import EpochStatus, KeyStore
@@ -235,6 +237,41 @@ class MemoryDriverTests(DriverChecks, SynchronousTestCase):
         # The culprit reveals the good share (it is honest apart from the bad
         # private share): the complaint is dismissed and all keep one key.
         self.check_agree(fed, fed.nodes)
+
+    def test_equivocating_round1_broadcast(self) -> None:
+        """
+        A member sends one valid round-1 package to half its peers and another
+        valid one to the rest.  Bracha delivers neither, so every honest member
+        sees it as silent in round 1: named, excluded, and the restart finishes.
+        """
+        fed = MemoryFederation(self, 7, seed=5)
+        culprit = fed.nodes[6]
+        params = SessionParams(1, 0, 5, fed.members)
+        _, other = keygen_round1(params.identifier(culprit.key), 5, 7, params.session_id)
+        second_half = set(fed.members[3:])
+
+        def equivocate(peer, channel, payload):
+            if channel != CHANNEL_BROADCAST or peer not in second_half:
+                return [(peer, channel, payload)]
+            records = []
+            for kind, tag, body in bracha.decode_batch(payload, 255, 1 << 20):
+                if kind == bracha.SEND and tag == m.tag(params.session_id, Kind.ROUND1):
+                    records.append(bracha.encode_send(tag, m.encode_round1(other.encode())))
+                elif kind == bracha.SEND:
+                    records.append(bracha.encode_send(tag, body))
+                elif kind == bracha.RESPONSE:
+                    records.append(bracha.encode_response(tag, body))
+                else:
+                    records.append(bytes((kind,)) + tag + body)
+            return [(peer, channel, bracha.encode_batch(records))]
+        fed.net.set_byzantine(culprit.key, equivocate)
+        honest = fed.nodes[:6]
+        for nd in honest:
+            fed.request(nd)
+        fed.settle(lambda: fed.all_done(honest))
+        r = self.check_agree(fed, honest)
+        self.assertEqual(r.excluded, {culprit.key: Reason.SILENT_ROUND1})
+        self.assertEqual(r.attempt, 1)
 
     def test_minimum_spacing_across_restarts(self) -> None:
         fed = MemoryFederation(self, 4, keystore=True)

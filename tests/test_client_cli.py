@@ -1,0 +1,241 @@
+"""
+C{frostnode-client} and the synchronous wrapper against a node's client port
+on real loopback: the CLI in-process (its L{run}) for every command and its
+errors, as a real subprocess of the venv's console script (stdin payload,
+C{--json}, C{--raw}), and L{BlockingClient} from a script thread.  The
+client's stored key is created owner-only and refused when it is not.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from frostnode.client.blocking import BlockingClient, ensure_reactor_running
+from frostnode.client.cli import run
+from frostnode.client.errors import ClientError
+from frostnode.client.keys import client_public_key, default_key_path, load_or_create_client_key
+from frostnode.keys import KeyFileError
+from frostnode.net.noise import generate_noise_private_key, noise_public_key
+
+from tests.test_client_support import TestNode, add_epoch
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.done.callback((reason.value.exitCode, self.out, self.err))
+
+
+def spawn_cli(args: list[str], stdin: bytes, env: dict) -> Deferred:
+    """The venv's frostnode-client console script (or python -m, if it is not installed) as a subprocess."""
+    script = Path(sys.executable).parent / "frostnode-client"
+    argv = [str(script)] + args if script.exists() else [sys.executable, "-m", "frostnode.client.cli"] + args
+    proto = _Collect(stdin)
+    full_env = dict(os.environ, **env)
+    reactor.spawnProcess(proto, argv[0], argv, env=full_env)
+    return proto.done
+
+
+class CliTests(TestCase):
+    @inlineCallbacks
+    def setUp(self) -> None:
+        self.node = TestNode(self)
+        yield self.node.service.when_listening()
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.card = self.dir / "node.json"
+        self.card.write_text(json.dumps(self.node.card_json()))
+        self.key = self.dir / "keys" / "client.key"
+
+    @inlineCallbacks
+    def cli(self, *argv: str, stdin: bytes = b"", key: bool = True) -> Any:
+        out, err = io.StringIO(), io.StringIO()
+        args = ["--card", str(self.card)] + (["--key", str(self.key)] if key else []) + list(argv)
+        status = yield run(reactor, args, io.BytesIO(stdin), out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    @inlineCallbacks
+    def test_every_command(self) -> None:
+        status, out, err = yield self.cli("submit", "prices/btc", stdin=b"64000\n")
+        self.assertEqual((status, err), (0, ""))
+        record_id = out.split()[1]
+        self.assertEqual(len(bytes.fromhex(record_id)), 32)
+        self.assertIn(f"origin {self.node.host.public.hex()} seq 1", out)
+        self.assertEqual(stat.S_IMODE(os.stat(self.key).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(self.key.parent).st_mode), 0o700)
+        me = client_public_key(load_or_create_client_key(self.key))
+
+        payload_file = self.dir / "payload.bin"
+        payload_file.write_bytes(b"\x00\x01binary")
+        status, out, err = yield self.cli("--json", "submit", "prices/btc", str(payload_file))
+        self.assertEqual(status, 0)
+        second = json.loads(out)
+        self.assertEqual((second["created"], second["seq"]), (True, 2))
+
+        status, out, err = yield self.cli("--json", "get", record_id)
+        record = json.loads(out)
+        self.assertEqual(base64.b64decode(record["payload"]), b"64000\n")
+        self.assertEqual((record["client_key"], record["topic"]), (me.hex(), "prices/btc"))
+        status, out, err = yield self.cli("get", record_id)
+        self.assertIn("payload    6 bytes: 64000\\n", out)
+        self.assertIn(f"client     {me.hex()}", out)
+
+        status, out, err = yield self.cli("get", "--topic", "prices/btc", "--from", "2")
+        self.assertEqual(status, 0)
+        self.assertIn(second["record_id"][:16], out)
+        self.assertNotIn(record_id[:16], out)
+        status, out, err = yield self.cli("--json", "get", "--topic", "prices/btc", "--limit", "1")
+        page = json.loads(out)
+        self.assertEqual(([r["record_id"] for r in page["records"]], page["next"], page["last"]), ([record_id], 2, 2))
+
+        status, out, err = yield self.cli("status")
+        self.assertEqual(status, 0)
+        self.assertIn(f"log        2 records, digest {self.node.log.digest().hex()}", out)
+        self.assertIn("epoch      none", out)
+        status, out, err = yield self.cli("--json", "status")
+        self.assertEqual(json.loads(out)["log"]["count"], 2)
+
+        status, out, err = yield self.cli("pubkey")
+        self.assertEqual(status, 1)
+        self.assertIn("frostnode-client: unavailable:", err)
+        status, out, err = yield self.cli("--json", "pubkey")
+        self.assertEqual((status, json.loads(out)["error"]["code"]), (1, "unavailable"))
+        epoch = add_epoch(self.node.keystore, (self.node.host.public,))
+        status, out, err = yield self.cli("pubkey")
+        self.assertEqual(status, 0)
+        self.assertIn(f"output key    {epoch.output_key.hex()}", out)
+        self.assertIn("address       bcrt1p", out)
+
+        status, out, err = yield self.cli("--json", "key")
+        self.assertEqual(json.loads(out), {"client_key": me.hex(), "path": str(self.key)})
+
+    @inlineCallbacks
+    def test_errors_and_usage(self) -> None:
+        status, out, err = yield self.cli("get", "ab" * 32)
+        self.assertEqual(status, 1)
+        self.assertIn("not-found", err)
+        status, out, err = yield self.cli("get", "xyz")
+        self.assertEqual(status, 2)
+        self.assertIn("64 hex digits", err)
+        status, out, err = yield self.cli("get")
+        self.assertEqual(status, 2)
+        out, err = io.StringIO(), io.StringIO()
+        status = yield run(reactor, ["status"], io.BytesIO(), out, err)
+        self.assertEqual(status, 2)
+        self.assertIn("--card FILE", err.getvalue())
+        wrong = noise_public_key(generate_noise_private_key()).hex()
+        out, err = io.StringIO(), io.StringIO()
+        status = yield run(reactor, ["--ephemeral", "--node", f"127.0.0.1:{self.node.port}", "--node-key", wrong,
+                                     "--json", "status"], io.BytesIO(), out, err)
+        self.assertEqual((status, json.loads(out.getvalue())["error"]["code"]), (1, "wrong-node-key"))
+        big = b"x" * (self.node.limits.max_request_size + 10)
+        status, out, err = yield self.cli("submit", "t", stdin=big)
+        self.assertEqual(status, 1)
+        self.assertIn("too-large", err)
+        self.assertEqual(self.node.log.digest().count, 0)
+
+    @inlineCallbacks
+    def test_ephemeral_keys_differ_per_call(self) -> None:
+        keys = []
+        for _ in range(2):
+            status, out, err = yield self.cli("--ephemeral", "--json", "submit", "t", stdin=b"same", key=False)
+            self.assertEqual(status, 0)
+            keys.append(self.node.log.get(bytes.fromhex(json.loads(out)["record_id"])).envelope.body.client_key)
+        self.assertNotEqual(keys[0], keys[1])
+        self.assertFalse(self.key.exists())
+
+    @inlineCallbacks
+    def test_unprotected_key_file_is_refused(self) -> None:
+        load_or_create_client_key(self.key)
+        os.chmod(self.key, 0o644)
+        status, out, err = yield self.cli("status")
+        self.assertEqual(status, 1)
+        self.assertIn("chmod 600", err)
+        self.assertRaises(KeyFileError, load_or_create_client_key, self.key)
+
+    def test_default_key_path(self) -> None:
+        self.assertEqual(default_key_path({"FROSTNODE_CLIENT_KEY": "/k/c.key", "HOME": "/h"}), Path("/k/c.key"))
+        self.assertEqual(default_key_path({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}), Path("/x/frostnode/client.key"))
+        self.assertEqual(default_key_path({"HOME": "/h"}), Path("/h/.config/frostnode/client.key"))
+
+    @inlineCallbacks
+    def test_console_script_subprocess(self) -> None:
+        """The installed frostnode-client: payload on stdin, --json get, --raw payload bytes unchanged."""
+        env = {"FROSTNODE_CLIENT_KEY": str(self.key), "HOME": str(self.dir)}
+        payload = bytes(range(256)) * 4
+        code, out, err = yield spawn_cli(["--card", str(self.card), "--json", "submit", "bin/blob", "-"], payload, env)
+        self.assertEqual((code, err), (0, b""))
+        accepted = json.loads(out)
+        self.assertTrue(accepted["created"])
+        self.assertTrue(self.key.exists())  # created via $FROSTNODE_CLIENT_KEY
+        code, out, err = yield spawn_cli(["--card", str(self.card), "get", "--raw", accepted["record_id"]], b"", env)
+        self.assertEqual((code, out), (0, payload))
+        code, out, err = yield spawn_cli(["--node", f"127.0.0.1:{self.node.port}", "--node-key", "00" * 32,
+                                          "status"], b"", env)
+        self.assertEqual(code, 1)
+        self.assertIn(b"wrong-node-key", err)
+
+
+class BlockingClientTests(TestCase):
+    @inlineCallbacks
+    def test_script_thread(self) -> None:
+        """A script's thread blocks on each call while the reactor (here trial's) does the work."""
+        node = TestNode(self)
+        yield node.service.when_listening()
+        add_epoch(node.keystore, (node.host.public,))
+        key = generate_noise_private_key()
+
+        def script() -> tuple:
+            with BlockingClient.connect(node.target, key, reactor=reactor) as c:
+                accepted = c.submit("script", b"from a thread")
+                record = c.get(accepted.record_id)
+                page = c.topic("script")
+                status = c.status()
+                keys = c.pubkey()
+                try:
+                    c.get(b"\x00" * 32)
+                except ClientError as e:
+                    missing = e.code
+            return accepted, record, page, status, keys, missing
+
+        accepted, record, page, status, keys, missing = yield deferToThread(script)
+        self.assertEqual(record.payload, b"from a thread")
+        self.assertEqual(record.client_key, noise_public_key(key))
+        self.assertEqual([r.record_id for r in page.records], [accepted.record_id])
+        self.assertEqual(status["log"]["count"], 1)
+        self.assertEqual(keys.epoch, 1)
+        self.assertEqual(missing, "not-found")
+
+    @inlineCallbacks
+    def test_not_from_the_reactor_thread(self) -> None:
+        yield deferLater(reactor, 0, lambda: None)  # now running in the reactor thread
+        self.assertRaises(RuntimeError, ensure_reactor_running, reactor)

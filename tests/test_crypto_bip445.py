@@ -482,3 +482,24 @@ class RandomSessionTests(SynchronousTestCase):
         sig = partial_sig_agg_verified(psigs, pubnonces, session, verify_each=True)
         key = get_xonly_pk(thresh_pubkey_and_tweak(dealer.thresh_pk, twk, modes))
         self.assertTrue(bip340.schnorr_verify(msg, key, sig))
+
+
+class RawNonceFormTests(SynchronousTestCase):
+    def test_immutable_raw_secnonce_is_refused(self):
+        """Raw bytes cannot be wiped, so accepting them would allow a second signature."""
+        from frostnode.crypto import bip445, keygen
+        from frostnode.crypto.group import scalar_to_bytes
+
+        group_key, pkgs = keygen.trusted_dealer_keygen(1, 1)
+        share = scalar_to_bytes(pkgs[1].secret_share)
+        pubshare = pkgs[1].verification_shares[1].encode()
+        secnonce, pubnonce = bip445.nonce_gen(share, pubshare, None, None, None)
+        k1, k2 = secnonce.consume()
+        raw = scalar_to_bytes(k1) + scalar_to_bytes(k2)
+        signers = bip445.SignersContext(1, 1, [0], [pubshare], group_key.encode())
+        ctx = bip445.SessionContext(signers, bip445.nonce_agg([pubnonce]), [], [], b"m")
+        self.assertRaises(TypeError, bip445.sign, raw, share, 0, ctx)
+        mutable = bytearray(raw)
+        bip445.sign(mutable, share, 0, ctx)
+        self.assertEqual(mutable, bytearray(64))
+        self.assertRaises(ValueError, bip445.sign, mutable, share, 0, ctx)

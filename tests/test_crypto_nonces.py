@@ -65,3 +65,13 @@ class SecretNonceTests(SynchronousTestCase):
             self.assertIn("redacted", text)
         nonce.consume()
         self.assertIn("spent", repr(nonce))
+
+
+class PersistenceHandOffTests(SynchronousTestCase):
+    def test_take_for_persistence_leaves_no_live_copy(self):
+        from frostnode.crypto.nonces import SecretNonce
+
+        nonce = SecretNonce(5, 7, b"\x02" * 66)
+        self.assertEqual(nonce.take_for_persistence(), (5, 7))
+        self.assertTrue(nonce.spent)
+        self.assertRaises(NonceReuseError, nonce.consume)

@@ -87,7 +87,7 @@ MAX_PARTICIPANTS = 2**32 - 1
 
 _ZERO33 = bytes(33)
 
-SecNonceArg = Union[SecretNonce, bytearray, bytes]
+SecNonceArg = Union[SecretNonce, bytearray]
 
 
 # -- small helpers ----------------------------------------------------------
@@ -442,6 +442,10 @@ def _take_secnonce(secnonce: SecNonceArg) -> tuple[int, int, Optional[bytes]]:
         if not 0 < k2 < N:
             raise ValueError("second secnonce value is out of range.")
         return k1, k2, commitment
+    if not isinstance(secnonce, bytearray):
+        # Immutable bytes cannot be wiped, so the same raw nonce could sign
+        # twice; only the forms that can be spent are accepted.
+        raise TypeError("secnonce must be a SecretNonce or a bytearray (which is zeroed)")
     if len(secnonce) != 64:
         raise ValueError("The secnonce must be 64 bytes.")
     try:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple, NoReturn, Optional
 
+from frostnode.crypto.bip340 import taptweak
 from frostnode.crypto.errors import (
     InvalidCommitment,
     InvalidEncoding,
@@ -86,8 +87,11 @@ def _evaluate(commitments: tuple[Point, ...] | list[Point], x: int) -> Point:
 
 
 def taproot_tweak(untweaked: Point) -> int:
-    """tw = int(hash_TapTweak(x(P))) mod N: BIP341's tweak for a key with no script path."""
-    return int.from_bytes(tagged_hash("TapTweak", untweaked.xbytes()), "big") % N
+    """
+    tw = int(hash_TapTweak(x(P))): BIP341's tweak committing P to an
+    unspendable script path (L{bip340.taptweak}, which refuses a hash >= N).
+    """
+    return int.from_bytes(taptweak(untweaked.xbytes()), "big")
 
 
 # -- round one ----------------------------------------------------------------

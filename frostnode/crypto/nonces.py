@@ -58,8 +58,21 @@ class SecretNonce:
         self._k = None
         return k
 
+    def take_for_persistence(self) -> tuple[int, int]:
+        """
+        Hand the scalars to the preprocessing store and spend this object.
+
+        After this the only usable copy is the store's, which marks it spent
+        durably before any share made with it leaves the node; the in-memory
+        object can no longer sign (no second live copy).
+        """
+        return self.consume()
+
     def peek_for_persistence(self) -> tuple[int, int]:
-        """The scalars without consuming, for writing to the store only."""
+        """
+        The scalars without consuming.  Deprecated: leaves two live copies
+        (this object and the stored one); use L{take_for_persistence}.
+        """
         if self._k is None:
             raise NonceReuseError(f"nonce {self.commitment[:8].hex()}... was already used")
         return self._k

@@ -76,6 +76,16 @@ class LayoutTests(SynchronousTestCase):
         os.chmod(data, 0o600)
         self.open()
 
+    def test_environment_fsyncs_every_commit(self) -> None:
+        """
+        Acknowledgements rest on LMDB's sync and metasync (the kill -9 test
+        cannot tell, since the page cache outlives the process): both must be on.
+        """
+        flags = self.open().env.flags()
+        self.assertTrue(flags["sync"])
+        self.assertTrue(flags["metasync"])
+        self.assertFalse(flags.get("map_async", False))
+
     def test_second_open_is_locked_out(self) -> None:
         """Two writers on one environment are refused; closing releases the lock."""
         db = Database.open(self.dir)

@@ -448,6 +448,12 @@ class Database:
             except _Split as s:
                 limit = s.at
                 continue
+            except Exception:
+                # Earlier chunks are committed: report their results as they
+                # are and fail only the operations that did not commit.
+                failed = Failure()
+                out.extend((False, failed) for _ in ops[start:])
+                return out
             out.extend(results)
             start += len(chunk)
             limit = len(ops)

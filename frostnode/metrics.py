@@ -369,6 +369,8 @@ class Registry:
 
     def _add(self, metric: Any) -> Any:
         self._metrics[metric.name] = metric
+        if not metric.label_names and not isinstance(metric, _Callback):
+            metric._only_child()  # exposed at zero from the start, so rate() sees the first increment
         return metric
 
     def render(self) -> str:

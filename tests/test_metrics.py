@@ -197,6 +197,18 @@ class FormatTests(SynchronousTestCase):
     def test_empty_registry_renders_nothing(self) -> None:
         self.assertEqual(Registry().render(), "")
 
+    def test_unused_metrics_without_labels_are_exposed_at_zero(self) -> None:
+        r = Registry()
+        r.counter("c_total", "C.")
+        r.gauge("g", "G.")
+        r.histogram("h_seconds", "H.", buckets=(1,))
+        r.counter("by_kind_total", "By kind.", labels=("kind",))
+        fams = parse_exposition(r.render())
+        self.assertEqual(fams["c_total"]["samples"], {("c_total", ()): 0.0})
+        self.assertEqual(fams["g"]["samples"], {("g", ()): 0.0})
+        self.assertEqual(fams["h_seconds"]["samples"][("h_seconds_count", ())], 0.0)
+        self.assertEqual(fams["by_kind_total"]["samples"], {})  # no label values known yet
+
 
 class _FakePeers:
     """Stands in for PeerNetwork: the attributes watch_peer_network reads."""

@@ -155,8 +155,11 @@ class MemoryFederation:
 
     def request(self, node: Node):
         d = node.service.request_dkg()
-        d.addCallback(node.results.append)
-        return d
+
+        def keep(result):
+            node.results.append(result)
+            return result
+        return d.addCallback(keep)
 
     def all_done(self, nodes=None) -> bool:
         return all(nd.service.last_result is not None for nd in (nodes or self.nodes))
@@ -272,6 +275,36 @@ class MemoryDriverTests(DriverChecks, SynchronousTestCase):
         r = self.check_agree(fed, honest)
         self.assertEqual(r.excluded, {culprit.key: Reason.SILENT_ROUND1})
         self.assertEqual(r.attempt, 1)
+
+    def test_failed_run_then_retry_on_a_fresh_epoch(self) -> None:
+        fed = MemoryFederation(self, 4, seed=6, keystore=True)
+        down = fed.nodes[:2]
+        for nd in down:
+            fed.net.silence(nd.key)
+        up = fed.nodes[2:]
+        for nd in up:
+            fed.request(nd)
+        fed.settle(lambda: fed.all_done(up))
+        for nd in up:
+            r = nd.service.last_result
+            self.assertFalse(r.ok)
+            self.assertEqual(r.epoch, 1)
+            # With half the members down, reliable broadcast delivers nothing
+            # at all: each survivor sees everyone else silent (never itself).
+            self.assertEqual(set(r.excluded), set(fed.members) - {nd.key})
+            self.assertEqual(set(r.excluded.values()), {Reason.SILENT_ROUND1})
+            self.assertIn("fewer than t", r.reason)
+            self.assertIsNone(nd.storage.keys.newest_usable())
+        for nd in down:
+            fed.net.unsilence(nd.key)
+        # A failed run does not count for the spacing, and its epoch number is
+        # not reused: the retry is epoch 2 (one of the members restarts first).
+        up[0].restart()
+        d = fed.request(up[0])
+        fed.settle(lambda: all(n.service.last_result is not None and n.service.last_result.ok for n in fed.nodes))
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.epoch, 2)
+        self.assertEqual(self.successResultOf(d).epoch, 2)
 
     def test_minimum_spacing_across_restarts(self) -> None:
         fed = MemoryFederation(self, 4, keystore=True)

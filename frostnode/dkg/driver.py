@@ -269,15 +269,42 @@ class DkgService(Service):
 
     # -- starting -----------------------------------------------------------------------
 
-    def _next_params(self) -> Optional[SessionParams]:
+    def _next_epoch(self) -> int:
+        """
+        The epoch number of our next run: one past the newest certified epoch,
+        and past any epoch whose run failed.  A failed run burns its number,
+        so a retry never reuses a session id (the broadcast layer would take
+        its messages for duplicates of the failed run's).
+        """
+        nxt = self.storage.last_epoch() + 1
+        loaded = self.storage.load_run()
+        if loaded is not None and loaded[1]:
+            nxt = max(nxt, loaded[0].epoch + 1)
+        if self.run is not None and isinstance(self.run.outcome, RunFailed):
+            nxt = max(nxt, self.run.epoch + 1)
+        return nxt
+
+    def _next_params(self, epoch: Optional[int] = None) -> Optional[SessionParams]:
         ms = self.members()
         try:
-            return SessionParams(self.storage.last_epoch() + 1, 0, self.threshold(len(ms)), ms)
+            return SessionParams(self._next_epoch() if epoch is None else epoch, 0, self.threshold(len(ms)), ms)
         except ValueError:
             return None
 
-    def _start_run(self) -> Deferred:
-        params = self._next_params()
+    def _joinable(self, sid: bytes) -> Optional[SessionParams]:
+        """
+        The session, if C{sid} is attempt 0 of an epoch we could be asked to
+        run next: from one past our newest key to two past our own next
+        epoch (peers may have burned epochs on failed runs we missed).
+        """
+        for epoch in range(self.storage.last_epoch() + 1, self._next_epoch() + 3):
+            p = self._next_params(epoch)
+            if p is not None and p.session_id == sid and self.host.public in p:
+                return p
+        return None
+
+    def _start_run(self, params: Optional[SessionParams] = None) -> Deferred:
+        params = params or self._next_params()
         if params is None or self.host.public not in params:
             return fail(ValueError("we are not in a valid member list, so cannot run a DKG"))
         self.run = DkgRun(self.host, params.epoch, params.threshold, params.members, self.config, self._rand, self.early)
@@ -326,8 +353,8 @@ class DkgService(Service):
             if run is not None and sid in run.session_ids():
                 self._execute(run.deliver(sender, tag, payload, self._now()))
                 return
-            nxt = self._next_params()
-            if nxt is None or sid != nxt.session_id or self.host.public not in nxt:
+            nxt = self._joinable(sid)
+            if nxt is None:
                 self.early.add(sid, sender, ("b", tag, payload))
                 return
             if not self.policy.may_join(self.storage.last_dkg(), self._now()):
@@ -335,7 +362,7 @@ class DkgService(Service):
                               epoch=nxt.epoch, culprit=_short(sender))
                 return
             self.early.add(sid, sender, ("b", tag, payload))
-            self._start_run()
+            self._start_run(nxt)
             return
         self._execute(run.deliver(sender, tag, payload, self._now()))
 

@@ -729,6 +729,9 @@ class DkgSession:
         if self.phase in (Phase.FAILED, Phase.COMPLETED):
             return []
         self.phase = Phase.FAILED
+        # We know we did our part; if our own messages did not come back in
+        # time the broadcast is failing, and excluding ourselves would not help.
+        exclusions = {h: r for h, r in exclusions.items() if h != self.host.public or r.is_evidence}
         self.exclusions = dict(exclusions)
         self._secret = None
         out: list[Action] = []

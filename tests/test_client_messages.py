@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from frostnode.client.api import NodeAPI
+from frostnode.client.api import NodeAPI, as_client_error
 from frostnode.client.errors import ERROR_CODES, HTTP_STATUS, REMOTE_CODES, ClientError
 from frostnode.client.handshake import ClientHandshake, NodeHello, encode_client_hello
 from frostnode.client.limits import ClientLimits, ClientRegistry, TokenBucket
@@ -34,7 +34,9 @@ from frostnode.client.server import ClientServerFactory
 from frostnode.crypto.bip340 import p2tr_address, pubkey_xonly, taproot_output_key
 from frostnode.net.errors import HandshakeFailed
 from frostnode.net.noise import NoiseHandshake, generate_noise_private_key, noise_public_key
+from frostnode.store.errors import CorruptStore, InvalidRecord, RecordTooLarge, StoreFull
 from frostnode.store.log import Envelope, LogEntry, RecordBody
+from frostnode.sync.errors import SyncOverloaded, SyncUnavailable
 from frostnode.wire import DecodeError
 
 CLIENT = b"\x11" * 32
@@ -92,6 +94,25 @@ class FrameTests(SynchronousTestCase):
         forged = encode_error(ClientError("timeout", "forged")).replace(b"timeout", b"made-up")
         self.assertRaises(DecodeError, decode_response, forged)
         self.assertRaises(DecodeError, decode_response, encode_ok(b"")[:1] + b"\x07")
+
+    def test_failures_of_other_layers_become_typed_errors(self) -> None:
+        class Busy(Exception):
+            client_error_code = "rate-limited"
+            retry_after = 2.0
+
+        cases = [
+            (SyncOverloaded("disk queue full"), "rate-limited"),
+            (SyncUnavailable("stopping"), "unavailable"),
+            (RecordTooLarge("payload"), "too-large"),
+            (InvalidRecord("topic"), "invalid-request"),
+            (StoreFull("map"), "unavailable"),
+            (Busy("signing queue"), "rate-limited"),
+        ]
+        for error, code in cases:
+            self.assertEqual(as_client_error(error).code, code, repr(error))
+        self.assertEqual(as_client_error(Busy("x")).retry_after, 2.0)
+        for bug in (CorruptStore("bad bytes"), ValueError("oops"), KeyError("k")):
+            self.assertIsNone(as_client_error(bug))  # internal, logged by the API
 
     def test_every_remote_error_has_an_http_status(self) -> None:
         self.assertEqual(set(HTTP_STATUS), set(REMOTE_CODES))

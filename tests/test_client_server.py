@@ -27,7 +27,11 @@ from frostnode.client.messages import Accepted, SubmitArgs, decode_response, enc
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
 from frostnode.store.log import RecordBody
 
-from tests.test_client_support import RawClient, TestNode, add_epoch
+from frostnode.client.api import NodeAPI
+from frostnode.client.server import ClientPortService
+
+from tests.test_client_support import RawClient, TestNode, add_epoch, listening_socket
+from tests.test_sync_support import MemoryFederation, wait_converged
 
 
 class RoundTripTests(TestCase):
@@ -322,3 +326,42 @@ class HostileClientTests(TestCase):
         client._answer(999_999, b"")
         yield self.assertFailure(d, BadResponse)
         self.assertFalse(client.connected)
+
+
+class RealSyncTests(TestCase):
+    """The client port in front of the real sync service of a small federation (in-memory links)."""
+
+    @inlineCallbacks
+    def test_records_submitted_to_different_nodes_reach_every_node(self) -> None:
+        fed = MemoryFederation(self, n=3)
+        targets = []
+        for node in fed.nodes:
+            api = NodeAPI(node.sync, reactor, directory=fed.directory, threshold=2, links=node.links)
+            endpoint, port = listening_socket()
+            service = ClientPortService(api, node.member.noise_private, endpoint, reactor)
+            service.startService()
+            self.addCleanup(service.stopService)
+            yield service.when_listening()
+            targets.append(NodeTarget("127.0.0.1", port, noise_public_key(node.member.noise_private), node.key))
+        clients = []
+        for target in targets:
+            client = yield connect(reactor, target)
+            self.addCleanup(client.close)
+            clients.append(client)
+        a = yield clients[0].submit("shared", b"from a")
+        b = yield clients[1].submit("shared", b"from b")
+        self.assertEqual((a.origin, b.origin), (fed.nodes[0].key, fed.nodes[1].key))
+        yield wait_converged(fed.nodes, 2, timeout=10)
+
+        record = yield clients[2].get(a.record_id)
+        self.assertEqual((record.payload, record.origin, record.client_key), (b"from a", a.origin, clients[0].client_key))
+        page = yield clients[2].topic("shared")
+        self.assertEqual({r.record_id for r in page.records}, {a.record_id, b.record_id})
+        statuses = yield gatherResults([c.status() for c in clients])
+        self.assertEqual(len({s["log"]["digest"] for s in statuses}), 1)
+        self.assertEqual(statuses[2]["sync"]["count"], 2)
+        self.assertEqual(len(statuses[0]["links_up"]), 2)
+
+        yield fed.nodes[2].sync.stopService()
+        e = yield self.assertFailure(clients[2].submit("shared", b"while stopped"), ClientError)
+        self.assertEqual(e.code, "unavailable")

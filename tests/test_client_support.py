@@ -5,9 +5,10 @@ small stand-in for the sync service), and a raw Noise client that speaks the
 client protocol byte by byte.
 
 L{FakeSync} implements the three things the client layer uses of
-C{frostnode.sync.SyncService} (C{submit}, C{status}, C{log}) over a real
-L{DataLog}: C{submit} appends locally and fires after the fsync, as the
-real service does, without the replication.
+L{frostnode.sync.service.SyncService} (C{submit}, C{status}, C{datalog})
+over a real L{DataLog}: C{submit} appends locally and fires after the
+fsync, as the real service does, without the replication.  (The real
+service is tested through the client port in tests.test_client_server.)
 """
 
 from __future__ import annotations
@@ -46,22 +47,22 @@ class FakeSync:
     """The sync service's client-facing surface, over a real log, without peers."""
 
     def __init__(self, log: DataLog, clock: Any) -> None:
-        self.log = log
+        self.datalog = log
         self.clock = clock
         self.submitted = 0
 
     def submit(self, body: RecordBody) -> Deferred:
         self.submitted += 1
-        d = self.log.append_local(body, self.clock.seconds())
+        d = self.datalog.append_local(body, self.clock.seconds())
 
         def done(appended: Any) -> SubmitResult:
-            entry = self.log.get(appended.record_id)
+            entry = self.datalog.get(appended.record_id)
             return SubmitResult(appended.record_id, appended.created, entry.envelope.origin, entry.envelope.seq)
 
         return d.addCallback(done)
 
     def status(self) -> dict:
-        digest = self.log.digest()
+        digest = self.datalog.digest()
         return {"digest": digest.hex(), "count": digest.count, "lag": 0, "links_up": 0}
 
 

@@ -23,7 +23,13 @@ Decisions:
     (L{as_client_error}); anything unexpected becomes C{internal}, logged
     here once with its traceback, and the client sees a generic message.
   - B{Acknowledgement} is the sync service's: C{submit} answers when the
-    service's Deferred fires, which it does after the fsync.
+    service's Deferred fires, which it does after the fsync.  Its refusals
+    map to C{unavailable} (L{SyncUnavailable}: not running) and
+    C{rate-limited} (L{SyncOverloaded}: too many submissions waiting for the
+    disk, retry after L{OVERLOADED_RETRY} seconds).
+  - B{Reads} go straight to the data log (the sync service's
+    C{datalog}), synchronously: LMDB reads are snapshot reads of
+    microseconds and never see a write that was not acknowledged.
   - B{Big answers}: a C{topic} page is read from the log a few records at
     a time and stops at L{ClientLimits.max_answer_size} bytes (always at
     least one record), so a page of large records cannot make the node
@@ -40,7 +46,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from frostnode.client.errors import (
-    INTERNAL, NOT_FOUND, REMOTE_CODES, UNKNOWN_TOPIC, ClientError, invalid_request, too_large, unavailable,
+    INTERNAL, NOT_FOUND, REMOTE_CODES, UNKNOWN_TOPIC, ClientError, invalid_request, rate_limited, too_large,
+    unavailable,
 )
 from frostnode.client.limits import ClientLimits
 from frostnode.client.messages import (
@@ -49,12 +56,15 @@ from frostnode.client.messages import (
 from frostnode.crypto.bip340 import p2tr_address
 from frostnode.store.errors import CorruptStore, RecordTooLarge, StoreError
 from frostnode.store.log import MAX_TOPIC
+from frostnode.sync.errors import SyncOverloaded, SyncUnavailable
 from frostnode.wire import DecodeError
 
 #: The record client key of HTTP submissions that name none.
 ANONYMOUS_CLIENT_KEY = bytes(32)
 #: Records read from the log per step while a topic page is built.
 _PAGE_STEP = 32
+#: What a client is told to wait when the sync service is overloaded.
+OVERLOADED_RETRY = 0.5
 
 
 class ClientContext(NamedTuple):
@@ -89,6 +99,10 @@ def as_client_error(error: BaseException) -> Optional[ClientError]:
         return invalid_request(str(error))
     if isinstance(error, StoreError) and not isinstance(error, CorruptStore):
         return unavailable(f"the node's store cannot serve this now: {error}")
+    if isinstance(error, SyncUnavailable):
+        return unavailable(f"the node cannot take records now: {error}")
+    if isinstance(error, SyncOverloaded):
+        return rate_limited(f"the node is overloaded: {error}", OVERLOADED_RETRY)
     code = getattr(error, "client_error_code", None)
     if code in REMOTE_CODES:
         return ClientError(code, str(error), getattr(error, "retry_after", None))
@@ -106,8 +120,10 @@ def xonly(key: bytes) -> bytes:
 
 class NodeAPI:
     """
-    @param sync: the sync service (C{submit(body)}, C{status()}, C{log}).
+    @param sync: the sync service (C{submit(body)}, C{status()}, C{datalog}).
     @param clock: for the status report's time.
+    @param datalog: the data log to read; by default the sync service's
+        C{datalog} (or C{log}, for a stand-in that names it so).
     @param keystore: the key store (C{newest_usable()}); C{None} until a
         node has one, and then C{pubkey} is C{unavailable}.
     @param directory: the current members, for C{status}.
@@ -130,9 +146,13 @@ class NodeAPI:
         links: Any = None,
         network: str = "mainnet",
         limits: Optional[ClientLimits] = None,
+        datalog: Any = None,
     ) -> None:
         p2tr_address(bytes(32), network)  # an unknown network fails here, not at the first pubkey
         self.sync = sync
+        if datalog is None:
+            datalog = getattr(sync, "datalog", None)
+        self.datalog = datalog if datalog is not None else sync.log
         self.clock = clock
         self.keystore = keystore
         self.directory = directory
@@ -149,7 +169,7 @@ class NodeAPI:
 
     @property
     def host_key(self) -> bytes:
-        return self.sync.log.local
+        return self.datalog.local
 
     def register_command(self, name: str, handler: CommandHandler) -> None:
         """
@@ -198,13 +218,13 @@ class NodeAPI:
         L{Accepted}, fired once the record is durable on this node.
         """
         body = SubmitArgs(topic, payload, timestamp, nonce).body(client_key)  # InvalidRecord: invalid-request
-        self.sync.log.limits.check_body(body)                                # RecordTooLarge: too-large
+        self.datalog.limits.check_body(body)                                # RecordTooLarge: too-large
         d = maybeDeferred(self.sync.submit, body)
         d.addCallback(lambda r: Accepted(r.record_id, bool(r.created), r.origin, r.seq))
         return d
 
     def get(self, record_id: bytes) -> Record:
-        entry = self.sync.log.get(record_id)
+        entry = self.datalog.get(record_id)
         if entry is None:
             raise ClientError(NOT_FOUND, f"no record {record_id.hex()} on this node")
         return Record.from_entry(entry)
@@ -219,7 +239,7 @@ class NodeAPI:
             raise invalid_request(f"topic must be 1..{MAX_TOPIC} bytes of UTF-8")
         if limit < 1:
             raise invalid_request(f"limit must be at least 1, not {limit}")
-        log = self.sync.log
+        log = self.datalog
         last = log.topic_last(topic)
         if last == 0:
             raise ClientError(UNKNOWN_TOPIC, f"no record was ever filed under topic {topic!r} on this node")
@@ -243,7 +263,7 @@ class NodeAPI:
 
     def status(self) -> dict:
         """The node's report: members, links up, epoch, log position and digest, sync state."""
-        log = self.sync.log
+        log = self.datalog
         digest = log.digest()
         report: dict[str, Any] = {
             "node": self.host_key.hex(),

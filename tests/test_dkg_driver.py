@@ -399,3 +399,64 @@ class KeyStoreRestartTests(DriverChecks, SynchronousTestCase):
         # After the restart the victim's store still has the key.
         rec = victim.storage.keys.get(1)
         self.assertEqual(Certificate.decode(rec.certificate), fed.nodes[0].service.last_result.certificate)
+
+
+class StorageTests(SynchronousTestCase):
+    """What the key-store adapter keeps, including a second certified session of one epoch."""
+
+    def two_certificates(self):
+        from frostnode.dkg.run import AlsoCertified, RunCompleted
+        from frostnode.dkg.session import Broadcast as B
+        from tests.test_dkg_session import Federation
+        fed = Federation(4, seed=8)
+        culprit = fed.members[2]
+        held: list = []
+
+        def hold(a):
+            if isinstance(a, B) and m.parse_tag(a.tag)[1] is Kind.AGREE and not held:
+                held.append(a)
+                return []
+            return [a]
+        fed.rewrite[culprit] = hold
+        fed.start()
+        fed.settle()
+        fed.rewrite.pop(culprit)
+        fed.apply(culprit, held)
+        fed.settle()
+        h = fed.members[0]
+        first = next(o for o in fed.outcomes[h] if isinstance(o, RunCompleted))
+        also = next(o for o in fed.outcomes[h] if isinstance(o, AlsoCertified))
+        return first, also
+
+    def test_second_certified_session_is_kept_for_good(self) -> None:
+        first, also = self.two_certificates()
+        db = Database.open(self.mktemp())
+        self.addCleanup(db.close_sync)
+        st = KeyStoreDkgStorage(KeyStore(db), sync=True)
+        st.save_signed(also.pending)
+        st.save_signed(first.pending)
+        self.successResultOf(st.certify(first.pending, first.certificate, START))
+        self.successResultOf(st.certify(also.pending, also.certificate, START + 5))
+        self.successResultOf(st.finish_epoch(1, set()))
+        self.assertEqual(st.keys.get(1).session_id, first.certificate.params.session_id)
+        self.assertEqual(st.last_epoch(), 1)
+        sid = also.certificate.params.session_id
+        self.assertEqual(list(st.load_signed()), [sid])
+        cert, pk = st.also_certified()[sid]
+        self.assertEqual(cert, also.certificate)
+        self.assertEqual(pk.key_package, also.pending.key_package)
+        self.assertEqual({c.params.session_id for c in st.certificates(1)},
+                         {sid, first.certificate.params.session_id})
+        # Not dropped when later epochs finish either.
+        self.successResultOf(st.finish_epoch(5, set()))
+        self.assertEqual(list(st.load_signed()), [sid])
+
+    def test_memory_storage_agrees(self) -> None:
+        first, also = self.two_certificates()
+        st = MemoryDkgStorage()
+        st.save_signed(also.pending)
+        st.certify(first.pending, first.certificate, START)
+        st.certify(also.pending, also.certificate, START + 5)
+        st.finish_epoch(5, set())
+        self.assertEqual(list(st.load_signed()), [also.certificate.params.session_id])
+        self.assertEqual(len(st.certificates(1)), 2)

@@ -15,14 +15,18 @@ L{KeyStoreDkgStorage} maps this onto L{frostnode.store.keys.KeyStore}:
   - the run state, the signed sessions' keys and foreign certificates live
     in the key store's crash-recovery session table, under the keys
     C{dkg/run}, C{dkg/signed/<session id>} and C{dkg/foreign/<epoch>}.
-    Those writes fire after fsync like every other.
+    Those writes fire after fsync like every other;
+  - a second certified session of an epoch (see L{frostnode.dkg.run}) keeps
+    its key under C{dkg/signed/<session id>} for good, with its certificate
+    under C{dkg/also/<session id>}: funds may have been sent to that key too,
+    so its share is never dropped.
 
 Why signed keys are not C{put_pending} epoch records: the key store holds
 one record per epoch, while a run may sign several sessions (attempts) of
 the same epoch, any of which may still be certified (see
 L{frostnode.dkg.run}).  Only the certified one becomes the epoch's record.
 A second certified session of the same epoch keeps its key in the session
-table (it stays recoverable; the epoch record cannot hold two keys).
+table (the epoch record cannot hold two keys); see L{DkgStorage.also_certified}.
 
 L{MemoryDkgStorage} is the same in a dict, for tests and benchmarks; its
 Deferreds have already fired.
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from typing import Optional, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 
 from frostnode.crypto.bip340 import taproot_output_key
 from frostnode.crypto.group import scalar_to_bytes
@@ -45,6 +49,7 @@ from frostnode.wire import Reader, Writer
 _RUN = b"dkg/run"
 _SIGNED = b"dkg/signed/"
 _FOREIGN = b"dkg/foreign/"
+_ALSO = b"dkg/also/"
 
 
 class DkgStorage(Protocol):
@@ -76,6 +81,9 @@ class DkgStorage(Protocol):
 
     def certificates(self, epoch: int) -> list[Certificate]:
         """Certificates we hold for C{epoch} (to answer peers' status requests)."""
+
+    def also_certified(self) -> dict[bytes, tuple[Certificate, Optional[PendingKey]]]:
+        """Sessions certified after their epoch already had a key: certificate and our key, by session id."""
 
     def finish_epoch(self, epoch: int, keep: set[bytes]) -> Deferred:
         """Drop the run state and signed keys of epochs up to C{epoch}, except sessions in C{keep}."""
@@ -184,8 +192,9 @@ class KeyStoreDkgStorage:
         existing = self.keys.get(epoch)
         if existing is not None and existing.session_id != pending.params.session_id:
             # A second certified session of this epoch: its key stays in the
-            # session table (see the module docstring).
-            return succeed(None)
+            # session table for good (see the module docstring).
+            return gatherResults([self.save_signed(pending),
+                                  self._save(_ALSO + pending.params.session_id, certificate.encode())])
         if existing is not None and existing.certificate:
             return succeed(None)
         rec = epoch_record(pending, certificate, now)
@@ -212,11 +221,20 @@ class KeyStoreDkgStorage:
         f = self._foreign().get(epoch)
         if f is not None:
             out.append(f[0])
+        out.extend(c for c, _ in self.also_certified().values() if c.params.epoch == epoch)
         return out
+
+    def also_certified(self) -> dict[bytes, tuple[Certificate, Optional[PendingKey]]]:
+        signed = self.load_signed()
+        return {k[len(_ALSO):]: (Certificate.decode(v), signed.get(k[len(_ALSO):]))
+                for k, v in self.keys.sessions().items() if k.startswith(_ALSO)}
 
     def finish_epoch(self, epoch: int, keep: set[bytes]) -> Deferred:
         ds = [self._drop(_RUN)]
+        also = set(self.also_certified())
         for sid, pk in self.load_signed().items():
+            if sid in also:
+                continue
             if pk.params.epoch < epoch or (pk.params.epoch == epoch and sid not in keep):
                 ds.append(self._drop(_SIGNED + sid))
         d = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
@@ -232,7 +250,7 @@ class MemoryDkgStorage:
         self.signed: dict[bytes, PendingKey] = {}
         self.records: dict[int, tuple[PendingKey, Certificate, float]] = {}
         self.foreign: dict[int, tuple[Certificate, float]] = {}
-        self.also: dict[bytes, Certificate] = {}
+        self.also: dict[bytes, tuple[Certificate, Optional[PendingKey]]] = {}
         self.writes = 0
 
     def last_dkg(self) -> Optional[float]:
@@ -262,7 +280,7 @@ class MemoryDkgStorage:
         self.writes += 1
         epoch = pending.params.epoch
         if epoch in self.records and self.records[epoch][1].params != certificate.params:
-            self.also[certificate.params.session_id] = certificate
+            self.also[certificate.params.session_id] = (certificate, pending)
         else:
             self.records.setdefault(epoch, (pending, certificate, now))
         return succeed(None)
@@ -276,12 +294,18 @@ class MemoryDkgStorage:
         out = [self.records[epoch][1]] if epoch in self.records else []
         if epoch in self.foreign:
             out.append(self.foreign[epoch][0])
+        out.extend(c for c, _ in self.also.values() if c.params.epoch == epoch)
         return out
+
+    def also_certified(self) -> dict[bytes, tuple[Certificate, Optional[PendingKey]]]:
+        return dict(self.also)
 
     def finish_epoch(self, epoch: int, keep: set[bytes]) -> Deferred:
         self.writes += 1
         self.run = None
         for sid, pk in list(self.signed.items()):
+            if sid in self.also:
+                continue
             if pk.params.epoch < epoch or (pk.params.epoch == epoch and sid not in keep):
                 del self.signed[sid]
         return succeed(None)

@@ -222,6 +222,21 @@ class RoastTests(SynchronousTestCase):
         self.assertNotIn(1, result.signers)
         self.assertLessEqual(result.report.sessions, 5 - 3 + 1)
 
+    def test_unverified_share_is_checked_before_reuse(self) -> None:
+        """
+        Session 1 never completes (member 0 silent), so member 1's garbage
+        share is not aggregated; member 1 is vetted when about to be picked
+        again, found out, and never enters session 2.
+        """
+        h = Harness(3, 5)
+        h.behaviour[0] = "silent"
+        h.behaviour[1] = "garbage"
+        result = self.assertSigned(h, h.run())
+        self.assertEqual(result.report.sessions, 2)
+        self.assertEqual(set(result.report.malicious), {1})
+        self.assertEqual([e.index for e in h.started[1].signers], [2, 3, 4])
+        self.assertIn(2, result.report.agreeing)
+
     def test_share_for_another_message_names_the_member(self) -> None:
         h = Harness(3, 5)
         h.behaviour[2] = "wrong-message"

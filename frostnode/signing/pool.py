@@ -289,6 +289,10 @@ class CoordinatorPool:
             out.append(Refill(m, epoch, self.batch, not st.answered))
         return out
 
+    def members(self, epoch: int) -> list[bytes]:
+        """Members we have a stock (possibly empty) for in C{epoch}: those we asked or used."""
+        return [mem for mem, ep in self._stock if ep == epoch]
+
     def drop_epoch(self, epoch: int) -> None:
         for key in [k for k in self._stock if k[1] == epoch]:
             del self._stock[key]

@@ -17,7 +17,13 @@ agree, without timeouts deciding who is faulty:
    removes them from R.
  - A I{valid} share puts its sender back into R (it proved honest and
    live); the session finishes when all its t shares are in, and the first
-   finished session is the result.
+   finished session is the result.  Shares are verified I{lazily}: a
+   share's sender rejoins R at once, and its share is verified only when
+   the sender is about to be picked for another session (L{_vet}) or when
+   its session completes, where the aggregate is checked once and, only if
+   that fails, every share (identifiable abort).  So no member enters a
+   session unless its last share was valid, as in the paper, while the
+   honest path costs one signature check instead of t share checks.
  - An invalid share or undecodable message marks its sender malicious: it is
    named, never used again, and its sessions can never finish (their other
    members still answer and return to R).
@@ -74,7 +80,7 @@ from typing import NamedTuple, Optional, Protocol, Sequence, Union
 from frostnode.crypto.errors import InvalidSignatureShare
 from frostnode.signing.errors import NOT_ENOUGH_SIGNERS, TIMEOUT, VALIDATION_FAILED, VIEWS_DIFFER, Refusal
 from frostnode.signing.messages import SignerEntry
-from frostnode.signing.suites import EpochKey, Session, Suite
+from frostnode.signing.suites import SHARE_SIZE, EpochKey, Session, Suite
 
 #: Refusal kinds as the signing messages name them.
 KIND_VIEWS_DIFFER = "views-differ"
@@ -204,6 +210,7 @@ class RoastCoordinator:
         self._sessions: dict[int, _Session] = {}
         self._busy: dict[int, int] = {}
         self._audit_waiting: set[int] = set()
+        self._unverified: dict[int, tuple[_Session, bytes]] = {}
         self._next = 1
         self._signature: Optional[Finished] = None
         self.result: Optional[Union[Finished, Failed]] = None
@@ -254,6 +261,7 @@ class RoastCoordinator:
 
     def _leave(self, index: int) -> None:
         """C{index} can no longer take part in this request; its session can never finish."""
+        self._unverified.pop(index, None)
         number = self._busy.pop(index, None)
         if number is not None:
             self._live.discard(number)
@@ -263,16 +271,40 @@ class RoastCoordinator:
 
     # -- sessions --------------------------------------------------------------------
 
+    def _vet(self, index: int) -> bool:
+        """
+        Verify C{index}'s last share if it has not been yet; an invalid one
+        makes it malicious.  @return: whether it may be picked.
+        """
+        pending = self._unverified.pop(index, None)
+        if pending is None:
+            return True
+        s, share = pending
+        if s.session.verify_share(index, share):
+            self.report.agreeing.add(index)
+            return True
+        self.report.malicious[index] = f"invalid signature share in session {s.number}"
+        self._leave(index)
+        return False
+
     def _try_start(self) -> list[Action]:
         actions: list[Action] = []
         while self.result is None and self._signature is None and (self.eager or not self._live):
-            ready = [i for i in self.responsive if self.nonces.available(i) > 0]
-            if len(ready) < self.t:
+            chosen: list[int] = []
+            for i in list(self.responsive):
+                if self.nonces.available(i) > 0 and self._vet(i):
+                    chosen.append(i)
+                    if len(chosen) == self.t:
+                        break
+            if len(chosen) < self.t:
+                failed = self._check_viable()
+                if failed:
+                    return actions + failed
                 starving = tuple(i for i in self.responsive if self.nonces.available(i) == 0)
                 if starving:
                     actions.append(NeedNonces(starving))
                 break
-            chosen = sorted(ready[: self.t])
+            chosen.sort()
             entries = []
             for i in chosen:
                 got = self.nonces.take(i)
@@ -317,26 +349,44 @@ class RoastCoordinator:
         if s is None or index not in s.waiting or index in self.report.malicious:
             return []
         s.waiting.discard(index)
-        if not s.session.verify_share(index, share):
-            return self.on_misbehaviour(index, f"invalid signature share in session {number}")
         self._busy.pop(index, None)
+        if len(share) != SHARE_SIZE:
+            return self.on_misbehaviour(index, f"malformed signature share in session {number}")
         s.shares[index] = share
-        self.report.agreeing.add(index)
-        self._audit_waiting.discard(index)
         if self.result is not None:
             return []
-        actions: list[Action] = []
         if len(s.shares) == len(s.entries) and self._signature is None:
-            try:
-                sig = s.session.aggregate(s.shares)
-            except InvalidSignatureShare as e:  # every share verified: cannot happen
-                for c in e.culprits:
-                    actions += self.on_misbehaviour(c, f"invalid signature share in session {number}")
-                return actions
-            self._signature = Finished(sig, number, tuple(sorted(s.entries)), self.report)
-            return self._maybe_done()
+            return self._complete(s)
+        self._unverified[index] = (s, share)
         self.responsive.append(index)
         return self._maybe_done() + self._try_start()
+
+    def _complete(self, s: _Session) -> list[Action]:
+        """Every share of C{s} is in: aggregate (one check on the honest path) or name the culprits."""
+        try:
+            sig = s.session.aggregate(s.shares)
+        except InvalidSignatureShare as e:
+            culprits = set(e.culprits)
+        else:
+            culprits = set()
+        for i in s.shares:
+            pending = self._unverified.get(i)
+            if pending is not None and pending[0] is s:
+                del self._unverified[i]
+            if i not in culprits:
+                self.report.agreeing.add(i)
+        if culprits:
+            self._live.discard(s.number)
+            for c in sorted(culprits):
+                self.report.malicious[c] = f"invalid signature share in session {s.number}"
+                self._leave(c)
+            # The honest members of s wait in R (those whose share completed s are not there yet).
+            for i in sorted(s.shares):
+                if i not in culprits and i not in self.responsive and i not in self._busy:
+                    self.responsive.append(i)
+            return self._check_viable() or self._maybe_done() or self._try_start()
+        self._signature = Finished(sig, s.number, tuple(sorted(s.entries)), self.report)
+        return self._maybe_done()
 
     def on_refusal(self, index: int, number: int, kind: str, digest: bytes, reason: str) -> list[Action]:
         """

@@ -111,6 +111,9 @@ class SigningConfig:
     @ivar checkpoint_interval: seconds between checkpoints, None for none.
     @ivar checkpoints_kept: signed checkpoints kept in memory.
     @ivar max_catchups: signer requests waiting for data at once.
+    @ivar prefill: at start, fill pools for every member of the newest
+        epoch; otherwise the first request fills them (one extra round trip)
+        and only pools this node has used are kept topped up.
     """
 
     session_timeout: float = 1.0
@@ -129,6 +132,7 @@ class SigningConfig:
     checkpoint_interval: Optional[float] = None
     checkpoints_kept: int = 64
     max_catchups: int = 1024
+    prefill: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ class _Request:
         self.commitment = b""
         self.roast: Optional[RoastCoordinator] = None
         self.timers: list[IDelayedCall] = []
+        self.flagged: set[int] = set()
         self.done = False
 
 
@@ -282,7 +287,6 @@ class SigningService(Service):
         self._local_queue: deque[bytes] = deque()
         self._draining = False
         self._store_pending = 0
-        self._rotation = 0
         self._checkpoints: deque[Checkpoint] = deque(maxlen=config.checkpoints_kept)
         self._loaded_epochs: set[int] = set()
         self._loops: list[LoopingCall] = []
@@ -298,7 +302,7 @@ class SigningService(Service):
         super().startService()
         for rec in self.keys.usable():
             self._load_issued(rec.epoch)
-        self._top_up()
+        self._top_up(everyone=self.config.prefill)
         for fn, interval in ((self._top_up, self.config.refill_interval),
                              (self._prune, self.config.prune_interval),
                              (self._checkpoint_tick, self.config.checkpoint_interval)):
@@ -596,12 +600,16 @@ class SigningService(Service):
         for r in self.pool.refills(epoch, members, self.clock.seconds()):
             self._send(r.member, m.NonceRequest(r.epoch, r.want, r.reset).encode())
 
-    def _top_up(self) -> None:
+    def _top_up(self, everyone: bool = False) -> None:
+        """Refill the pools of the newest epoch that run low: all members', or those we have used."""
         share = self._newest_share()
         if share is None:
             return
-        members = [mem for mem in share.key.members if self._st(mem).state != "misbehaving"]
-        self._refill(share.key.epoch, members)
+        epoch = share.key.epoch
+        used = set(self.pool.members(epoch))
+        members = [mem for mem in share.key.members
+                   if self._st(mem).state != "misbehaving" and (everyone or mem in used)]
+        self._refill(epoch, members)
 
     def _prune(self) -> None:
         self._track(self.nonces.prune_spent()).addErrback(
@@ -679,16 +687,24 @@ class SigningService(Service):
         self._begin(req, bytes(message))
 
     def _candidates(self, key: EpochKey) -> list[int]:
-        """Ourselves first; then members in a rotating order; slow or unconnected ones last; no misbehaving ones."""
+        """
+        Ourselves first, then the members after us in index order
+        (wrapping), slow or unconnected ones last, misbehaving ones never.
+
+        The order is stable on purpose: the same signer set comes back
+        request after request, and a signer set's validation (t
+        multiplications for every signer, BIP 445's C{ValidateSignersCtx})
+        is then cached; different coordinators start at different places,
+        which spreads the load.
+        """
         connected = self.links.connected()
         me = key.index_of(self.local)
-        others = [i for i in range(key.n) if i != me]
-        if others:
-            k = self._rotation % len(others)
-            others = others[k:] + others[:k]
-        self._rotation += 1
+        start = 0 if me is None else me + 1
         good, late = [], []
-        for i in others:
+        for k in range(key.n):
+            i = (start + k) % key.n
+            if i == me:
+                continue
             mem = key.members[i]
             st = self._st(mem)
             if st.state == "misbehaving":
@@ -708,6 +724,12 @@ class SigningService(Service):
         self._apply(req, req.roast.start())
 
     def _apply(self, req: _Request, actions: list) -> None:
+        if req.roast is not None and len(req.roast.report.malicious) > len(req.flagged):
+            for i, why in req.roast.report.malicious.items():
+                if i not in req.flagged:
+                    req.flagged.add(i)
+                    if req.key.members[i] != self.local:
+                        self._misbehaved(req.key.members[i], why)
         for a in actions:
             if req.done:
                 return
@@ -760,11 +782,7 @@ class SigningService(Service):
         index = req.key.index_of(sender)
         if index is None:
             return
-        before = len(req.roast.report.malicious)
-        actions = req.roast.on_share(index, msg.session, msg.share)
-        if len(req.roast.report.malicious) > before and index in req.roast.report.malicious:
-            self._misbehaved(sender, req.roast.report.malicious[index])
-        self._apply(req, actions)
+        self._apply(req, req.roast.on_share(index, msg.session, msg.share))
 
     def _on_verdict(self, sender: bytes, v: m.Verdict) -> None:
         req = self._requests.get(v.request_id)
@@ -810,11 +828,8 @@ class SigningService(Service):
         return {members[i]: None for i in indices}
 
     def _finished(self, req: _Request, a: Finished) -> None:
-        if not req.suite.verify(req.key, req.message, a.signature):
-            # Every share verified and the suites check the aggregate: a bug if reached.
-            self.log.error("signing: aggregate signature for {request} does not verify", request=req.request_id.hex())
-            self._fail(req, SigningFailed(NOT_ENOUGH_SIGNERS, "the aggregate signature did not verify"))
-            return
+        # The suites' aggregate checked the signature under the key (BIP340
+        # for BIP 445, RFC 9591's verification otherwise) before ROAST took it.
         r = a.report
         members = req.key.members
         result = SignatureResult(

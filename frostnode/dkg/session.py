@@ -667,8 +667,9 @@ class DkgSession:
         self._sigs[self.me] = sig
         out: list[Action] = [PersistSigned(self.pending), Broadcast(m.tag(self.sid, Kind.AGREE), m.encode_agree(ah, sig))]
         early, self._early_sigs = self._early_sigs, {}
-        for j, sig_j in early.items():
-            self._judge_sig(j, sig_j)
+        for j, sig_j in sorted(early.items()):
+            if not self._judge_sig(j, sig_j):
+                out.append(Blame(p.host_key(j), self.sid, "agreement: invalid signature"))
         return out + self._check_agreement(now)
 
     def _on_agree(self, j: int, payload: bytes, now: float) -> list[Action]:

@@ -25,7 +25,8 @@ C{frostnode-client: CODE: message} or, with C{--json}, as
 C{{"error": {"code": ..., "message": ...}}} on stdout), 2 usage.
 
 L{run} does the work and returns a Deferred of the exit status, so that tests
-drive it in their own reactor; L{main} is the console script.
+drive it in their own reactor; L{main} is the console script, which parses
+the command line before it starts a reactor.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any, Optional, Sequence, TextIO
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.python import usage
 
 from frostnode.client.errors import ClientError, too_large
@@ -144,6 +145,9 @@ class Options(usage.Options):
         ["pubkey", None, PubkeyOptions, "Show the federation's public key and address."],
         ["key", None, KeyOptions, "Show this client's public key."],
     ]
+
+    #: Set by L{parse_options}: whom to connect to (None for C{key}).
+    node_target: Optional[NodeTarget] = None
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -300,16 +304,30 @@ def _to_json(value: Any) -> Any:
     return value.to_json() if hasattr(value, "to_json") else value
 
 
-@inlineCallbacks
-def run(reactor: Any, argv: Sequence[str], stdin: IO[bytes], out: TextIO, err: TextIO) -> Any:
-    """Run one command; a Deferred of the exit status."""
+def parse_options(argv: Sequence[str], err: TextIO) -> Any:
+    """The parsed L{Options} (and the node target), or the exit status 2 after printing the usage error."""
     opts = Options()
     try:
         opts.parseOptions(list(argv))
-        target = None if opts.subCommand == "key" else opts.target()
+        opts.node_target = None if opts.subCommand == "key" else opts.target()
     except usage.UsageError as e:
         err.write(f"{opts}\n{PROG}: {e}\n")
         return 2
+    return opts
+
+
+def run(reactor: Any, argv: Sequence[str], stdin: IO[bytes], out: TextIO, err: TextIO) -> Deferred:
+    """Run one command; a Deferred of the exit status."""
+    opts = parse_options(argv, err)
+    if isinstance(opts, int):
+        return succeed(opts)
+    return run_parsed(reactor, opts, stdin, out, err)
+
+
+@inlineCallbacks
+def run_parsed(reactor: Any, opts: Options, stdin: IO[bytes], out: TextIO, err: TextIO) -> Any:
+    """Run the command of already parsed options; a Deferred of the exit status."""
+    target = opts.node_target
     as_json = opts["json"]
     try:
         if opts.subCommand == "key":
@@ -353,10 +371,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """The C{frostnode-client} console script."""
     from twisted.internet.task import react
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    opts = parse_options(list(sys.argv[1:] if argv is None else argv), sys.stderr)
+    if isinstance(opts, int):  # usage errors (and --help) never start the reactor
+        raise SystemExit(opts)
 
     def _main(reactor: Any) -> Deferred:
-        d = run(reactor, args, sys.stdin.buffer, sys.stdout, sys.stderr)
+        d = run_parsed(reactor, opts, sys.stdin.buffer, sys.stdout, sys.stderr)
 
         def done(status: int) -> None:
             if status:

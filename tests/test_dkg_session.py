@@ -506,3 +506,44 @@ class RecoveryTests(DkgChecks, SynchronousTestCase):
         c = fed.completed(victim)
         self.assertEqual(c.certificate, cert)
         self.assertEqual(c.pending.key_package, fed.persisted[victim][0].key_package)
+
+
+class PropertyTests(DkgChecks, SynchronousTestCase):
+    """Any delivery order, any one faulty member: honest members end with one key, or none."""
+
+    def test_random_orders_and_faults(self) -> None:
+        from hypothesis import given, settings, strategies as st
+
+        faults = {
+            "none": lambda fed, c, v: None,
+            "silent": lambda fed, c, v: fed.down.add(c),
+            "bad share, no reveal": lambda fed, c, v: fed.rewrite.__setitem__(c, bad_share_to(v, drop(Kind.REVEAL))),
+            "bad share, good reveal": lambda fed, c, v: fed.rewrite.__setitem__(c, bad_share_to(v)),
+            "no agreement": lambda fed, c, v: fed.rewrite.__setitem__(c, drop(Kind.AGREE)),
+            "no shares": lambda fed, c, v: fed.rewrite.__setitem__(
+                c, lambda a: [] if isinstance(a, SendDirect) else [a]),
+        }
+
+        @settings(max_examples=20, deadline=None, derandomize=True)
+        @given(n=st.sampled_from([4, 5, 7]), seed=st.integers(0, 10**6), fault=st.sampled_from(sorted(faults)),
+               who=st.integers(0, 6), victim=st.integers(0, 6))
+        def check(n: int, seed: int, fault: str, who: int, victim: int) -> None:
+            fed = Federation(n, seed=seed)
+            culprit, target = fed.members[who % n], fed.members[victim % n]
+            if target == culprit:
+                target = fed.members[(victim + 1) % n]
+            faults[fault](fed, culprit, target)
+            fed.start()
+            fed.settle()
+            honest = [h for h in fed.members if h != culprit or fault == "none"]
+            outcomes = {fed.completed(h).certificate.encode() if fed.completed(h) else None for h in honest}
+            self.assertEqual(len(outcomes), 1, f"{fault}: honest members disagree")
+            # One fault among n >= 4 with t = ceil(2n/3) always leaves enough members.
+            self.assertNotIn(None, outcomes, f"{fault}: no key")
+            cert = Certificate.decode(outcomes.pop())
+            if fault in ("silent", "bad share, no reveal", "no agreement"):
+                self.assertNotIn(culprit, cert.params.members)
+            elif fault == "no shares":
+                # Its shares reach everyone as reveals: nothing to exclude it for.
+                self.assertIn(culprit, cert.params.members)
+        check()

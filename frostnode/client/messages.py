@@ -97,7 +97,10 @@ class FrameReader:
     """
     Reassembles frames from the decrypted stream, whatever the chunking.
 
-    Memory stays bounded by one frame's limit plus one chunk.  A frame over
+    Memory stays bounded by one frame's limit plus one chunk, whatever the
+    chunk sizes: unparsed bytes wait in one C{bytearray}, not a list of
+    chunks (a client sending 1-byte Noise plaintexts would otherwise make us
+    hold tens of bytes of object overhead per byte buffered).  A frame over
     the limit is reported as L{Oversized} as soon as its head is in, and the
     reader reads nothing more: its sender declared that it would send more
     than we accept, and the connection is closed after answering.
@@ -107,46 +110,36 @@ class FrameReader:
 
     def __init__(self, max_length: int) -> None:
         self.max_length = max_length
-        self._parts: list[bytes] = []
-        self._have = 0
-        self._need = FRAME_HEAD_SIZE
+        self._buffer = bytearray()
         self.stopped = False
 
     @property
     def buffered(self) -> int:
-        return self._have
+        return len(self._buffer)
 
     def feed(self, chunk: bytes) -> list[Union[Frame, Oversized]]:
         if self.stopped or not chunk:
             return []
-        self._parts.append(chunk)
-        self._have += len(chunk)
-        if self._have < self._need:
-            return []
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        end = len(data)
+        buffer = self._buffer
+        buffer += chunk
+        end = len(buffer)
         pos = 0
         out: list[Union[Frame, Oversized]] = []
         unpack = FRAME_HEAD.unpack_from
         while end - pos >= FRAME_HEAD_SIZE:
-            request_id, length = unpack(data, pos)
+            request_id, length = unpack(buffer, pos)
             if length > self.max_length:
                 out.append(Oversized(request_id, length, self.max_length))
                 self.stopped = True
-                self._parts = []
-                self._have = 0
+                self._buffer = bytearray()
                 return out
             stop = pos + FRAME_HEAD_SIZE + length
             if stop > end:
-                self._need = FRAME_HEAD_SIZE + length
                 break
-            out.append(Frame(request_id, data[pos + FRAME_HEAD_SIZE:stop]))
+            out.append(Frame(request_id, bytes(buffer[pos + FRAME_HEAD_SIZE:stop])))
             pos = stop
-        else:
-            self._need = FRAME_HEAD_SIZE
-        rest = data[pos:] if pos else data
-        self._parts = [rest] if rest else []
-        self._have = len(rest)
+        if pos:
+            del buffer[:pos]
         return out
 
 

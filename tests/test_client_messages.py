@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,6 +65,21 @@ class FrameTests(SynchronousTestCase):
                 break
         self.assertEqual(out, [Frame(i, b) for i, b in enumerate(bodies)])
         self.assertEqual(reader.buffered, 0)
+
+    def test_tiny_chunks_cost_no_memory_per_chunk(self) -> None:
+        """A client sending 2-byte plaintexts: what is buffered costs about its own size."""
+        reader = FrameReader(1 << 20)
+        data = encode_frame(1, b"x" * 100_000)
+        tracemalloc.start()
+        try:
+            for i in range(0, 60_000, 2):
+                reader.feed(data[i:i + 2])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(reader.buffered, 60_000)
+        self.assertLess(peak, 300_000)  # a list of 2-byte chunks would hold about 1.3 MB
+        self.assertEqual(reader.feed(data[60_000:]), [Frame(1, b"x" * 100_000)])
 
     def test_oversized_frame_is_reported_from_its_head(self) -> None:
         """A 100 MB declaration is refused at its 8-byte head, naming the request; nothing more is read."""

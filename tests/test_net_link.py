@@ -184,6 +184,37 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(self.h.received[1], [(self.a.local, 2, b"after")])
         self.assertEqual(self.b.connected(), {self.a.local})
 
+    def test_unknown_channel_is_acknowledged_and_dropped(self) -> None:
+        """
+        A message on a channel b has no handler for is acknowledged and
+        dropped, with one warning naming the sender and channel: the link
+        stays up, later messages arrive, and a reconnect resends nothing.
+        """
+        with capturedLogs() as events:
+            self.a.send(self.b.local, 1234, b"?")
+            self.a.send(self.b.local, 1234, b"??")
+            self.a.send(self.b.local, 2, b"after")
+            self.pump.flush()
+            self.h.reactor.advance(self.h.config.ack_delay)
+            self.pump.flush()
+        self.assertEqual(self.h.received[1], [(self.a.local, 2, b"after")])
+        self.assertEqual(self.a.unacked(self.b.local), 0)
+        self.assertEqual(self.b.connected(), {self.a.local})
+        self.assertEqual(self.b.counters.unknown_channel_dropped, 2)
+        self.assertEqual(self.b.counters.messages_in, 1)
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual((warning["peer"], warning["channel"]), (self.h.members[0].card.short(), 1234))
+        self.assertIn("unknown channel 1234", formatEvent(warning))
+
+        self.client.transport.abortConnection()
+        self.pump.flush()
+        pump = self.h.connect(self.a, self.b)[0]
+        self.a.send(self.b.local, 4, b"next link")
+        pump.flush()
+        self.assertEqual(self.h.received[1], [(self.a.local, 2, b"after"), (self.a.local, 4, b"next link")])
+        self.assertEqual(self.a.counters.retransmits, 0)
+        self.assertEqual(self.b.counters.unknown_channel_dropped, 2)
+
     def test_link_observers(self) -> None:
         events = []
         self.a.add_link_observer(lambda peer, up: events.append((peer, up)))
@@ -406,9 +437,6 @@ class RefusalTests(SynchronousTestCase):
 
     def test_unknown_record_type(self) -> None:
         self.after_handshake(struct.pack(">BI", 77, 0), "unknown record type 77")
-
-    def test_unknown_channel(self) -> None:
-        self.after_handshake(encode_data(1, 1234, b"?"), "unknown channel 1234")
 
     def test_acknowledging_what_was_never_sent(self) -> None:
         self.after_handshake(encode_ack(5, []), "only 0 were ever sent")

@@ -34,8 +34,13 @@ Decisions:
     link initiated by the smaller host key wins.  The loser is closed; its
     unacknowledged messages are resent on the winner.
   - B{Unknown channel}: a DATA record for a channel with no registered
-    handler closes the link, unacknowledged; the sender resends it on the
-    next link.
+    handler is accepted, acknowledged and dropped, counted in
+    C{counters.unknown_channel_dropped} and logged once per peer and
+    channel.  Refusing it instead (closing the link, unacknowledged) would
+    wedge the pair: the sender resends it first on every new link, so no
+    later message, on any channel, would ever arrive.  Handlers are
+    registered before the service starts; a message that arrives for a
+    channel first is lost, as it would be for any unknown message type.
   - Handlers run synchronously in the reactor turn that decrypted the
     frame; what they send is batched into the same outgoing flush.
 """
@@ -60,7 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from frostnode.identity import AddressCard, HostKeypair, MemberDirectory
-from frostnode.net.errors import FramingError, PeerRefused, UnsupportedAddress
+from frostnode.net.errors import PeerRefused, UnsupportedAddress
 from frostnode.net.framing import encode_ack, encode_data, encode_resume
 from frostnode.net.interfaces import Handler, ILinks
 from frostnode.net.link import LinkProtocol
@@ -137,6 +142,7 @@ class LinkCounters:
     links_up: int = 0
     links_refused: int = 0
     stale_dropped: int = 0
+    unknown_channel_dropped: int = 0
 
 
 def prefer_new_link(
@@ -224,6 +230,7 @@ class _Peer:
         self.sent_upto = 0
         self.connected_waiters: list[Deferred] = []
         self.acked_waiters: list[Deferred] = []
+        self.unknown_channels: set[int] = set()   # already logged; bounded by 65,536
         self.dialer = _Dialer(network, self)
 
 
@@ -685,11 +692,18 @@ class PeerNetwork(Service):
         if link.peer_epoch != peer.rx.epoch:
             self.counters.stale_dropped += 1      # from a previous incarnation of the peer
             return
-        handler = self._handlers.get(channel)
-        if handler is None:
-            raise FramingError(f"message for unknown channel {channel}")
         if not peer.rx.accept(msg_id):
             self.counters.duplicates_in += 1
+            return
+        handler = self._handlers.get(channel)
+        if handler is None:
+            # Acknowledged (accepted above) and dropped: see "Unknown channel"
+            # in the module docstring for why this must not close the link.
+            self.counters.unknown_channel_dropped += 1
+            if channel not in peer.unknown_channels:
+                peer.unknown_channels.add(channel)
+                self.log.warn("dropped a message from {peer} on unknown channel {channel} "
+                              "(further ones on it are only counted)", peer=peer.name, channel=channel)
             return
         self.counters.messages_in += 1
         try:

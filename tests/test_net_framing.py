@@ -1,11 +1,14 @@
 """
 Records in the decrypted stream: any chunking reassembles the same records,
-large messages span Noise messages, and bad headers are refused at the header.
+large messages span Noise messages, bad headers are refused at the header,
+and a record in tiny chunks costs memory in proportion to its size.
 """
 
 from __future__ import annotations
 
 import struct
+import time
+import tracemalloc
 
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -74,6 +77,54 @@ class RecordReaderTests(SynchronousTestCase):
         for c in chunks:
             records += reader.feed(c)
         self.assertEqual(decoded(records), [(DATA, (1, 2, payload))])
+
+    def test_tiny_chunks_cost_no_more_memory_than_the_record(self) -> None:
+        """
+        A peer sending 2-byte plaintexts: the partial record costs about its
+        own size, not tens of bytes of object overhead per byte buffered.
+        """
+        payload = bytes(range(256)) * 4096                  # 1 MiB
+        record = encode_data(1, 2, payload)
+        reader = RecordReader(len(payload))
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        for i in range(0, len(record) - 1, 2):
+            self.assertEqual(reader.feed(record[i:min(i + 2, len(record) - 1)]), [])
+        buffering, _ = tracemalloc.get_traced_memory()
+        self.assertEqual(reader.buffered, len(record) - 1)
+        self.assertLess(buffering, 1.25 * len(record))
+        records = reader.feed(record[-1:])
+        _, peak = tracemalloc.get_traced_memory()
+        self.assertEqual(decoded(records), [(DATA, (1, 2, payload))])
+        self.assertEqual(reader.buffered, 0)
+        self.assertLess(peak, 2.5 * len(record))             # the buffer, and the record copied out of it
+
+    def test_large_record_is_not_recopied_per_chunk(self) -> None:
+        """
+        A 16 MiB record in Noise-sized plaintexts costs a few copies of it
+        (here about one join of its chunks; before the bytearray buffer,
+        about ten), not one copy of the growing record per chunk, which
+        would be some two hundred times a join.
+        """
+        payload = b"x" * (16 * 1024 * 1024)
+        chunks = split_plaintext(encode_data(1, 2, payload), MAX_PLAINTEXT)
+
+        def read() -> float:
+            reader = RecordReader(len(payload))
+            start = time.perf_counter()
+            for c in chunks[:-1]:
+                reader.feed(c)
+            [(typ, body)] = reader.feed(chunks[-1])
+            elapsed = time.perf_counter() - start
+            self.assertEqual(len(body), len(payload) + 10)
+            return elapsed
+
+        def join() -> float:
+            start = time.perf_counter()
+            b"".join(chunks)
+            return time.perf_counter() - start
+
+        self.assertLess(min(read() for _ in range(3)), 30 * min(join() for _ in range(3)) + 0.02)
 
     def test_oversized_record_refused_at_header(self) -> None:
         reader = RecordReader(1000)

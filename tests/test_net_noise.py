@@ -1,7 +1,8 @@
 """
 The Noise XX wrapper: mutual authentication, the remote key read despite
 noiseprotocol dropping its handshake state, replayed handshakes failing,
-the 65,519-byte plaintext cap, and tampering detected.
+prologues keeping protocols apart, the 65,519-byte plaintext cap, and
+tampering detected.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from frostnode.net.errors import DecryptionFailed, HandshakeFailed, PeerRefused
 from frostnode.net.noise import (
-    MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, generate_noise_private_key, noise_public_key,
+    MAX_NOISE_MESSAGE, MAX_PLAINTEXT, PROLOGUE, NoiseHandshake, generate_noise_private_key, noise_public_key,
 )
 
 
@@ -72,6 +73,33 @@ class HandshakeTests(SynchronousTestCase):
         msg2 = r.receive(i.start()[0])[0]
         self.assertRaises(PeerRefused, i.receive, msg2)
         self.assertFalse(i.complete)
+
+    def test_prologue(self) -> None:
+        """
+        Another protocol reuses the handshake with its own prologue: equal
+        prologues complete, and a mismatch (a client dialling a peer port)
+        fails at message 2, before the initiator reveals its static key.
+        """
+        other = b"frostnode client v1"
+        i = NoiseHandshake(self.ikey, True, b"hello-i", lambda k, p: None, prologue=other)
+        r = NoiseHandshake(self.rkey, False, b"hello-r", lambda k, p: None, prologue=other)
+        run(i, r)
+        self.assertTrue(i.complete and r.complete)
+        self.assertEqual(r.transport().decrypt(i.transport().encrypt(b"over the other port")), b"over the other port")
+
+        i = NoiseHandshake(self.ikey, True, b"", lambda k, p: self.fail("authenticated across prologues"),
+                           prologue=other)
+        _, r = self.pair()
+        self.assertEqual(r.prologue, PROLOGUE)
+        message2 = r.receive(i.start()[0])[0]
+        with self.assertRaises(HandshakeFailed) as cm:
+            i.receive(message2)
+        self.assertIn("handshake message 2 failed authentication", str(cm.exception))
+        self.assertIn("'frostnode client v1'", str(cm.exception))
+        self.assertFalse(i.complete)
+
+        for bad in (b"", "frostnode client v1"):
+            self.assertRaises(ValueError, NoiseHandshake, self.ikey, True, b"", lambda k, p: None, prologue=bad)
 
     def test_garbage_and_unexpected_payload(self) -> None:
         _, r = self.pair()

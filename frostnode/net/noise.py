@@ -23,6 +23,9 @@ although members know each other's static keys from their cards:
 
 The prologue names the link protocol and its version, so two nodes speaking
 different link versions fail the handshake instead of misreading each other.
+L{PROLOGUE} is the peer links'; another port (the client port) passes its
+own to L{NoiseHandshake}, so a connection to the wrong port fails at
+message 2 instead of reaching the other port's protocol.
 Handshake payloads: message 1 carries none (it is cleartext); messages 2 and
 3 carry each side's link hello (version, session epoch; see L{frostnode.net.link}),
 encrypted and bound to the handshake transcript.
@@ -99,14 +102,23 @@ class NoiseHandshake:
     @param authenticate: called once with the remote static key and hello,
         as soon as both are known and before we reveal anything more; it
         raises (any L{frostnode.net.errors.LinkViolation}) to refuse.
+    @param prologue: names the protocol and version spoken after the
+        handshake; both sides must pass the same bytes or the handshake
+        fails (at message 2).  Default: the peer links' L{PROLOGUE}.
     """
 
-    def __init__(self, static_private: bytes, initiator: bool, payload: bytes, authenticate: Authenticator) -> None:
+    def __init__(
+        self, static_private: bytes, initiator: bool, payload: bytes, authenticate: Authenticator,
+        *, prologue: bytes = PROLOGUE,
+    ) -> None:
+        if not isinstance(prologue, bytes) or not prologue:
+            raise ValueError(f"prologue must be non-empty bytes, got {prologue!r}")
         self.initiator = initiator
+        self.prologue = prologue
         self._payload = payload
         self._authenticate = authenticate
         self._connection = NoiseConnection.from_name(PROTOCOL_NAME)
-        self._connection.set_prologue(PROLOGUE)
+        self._connection.set_prologue(prologue)
         if initiator:
             self._connection.set_as_initiator()
         else:
@@ -139,7 +151,10 @@ class NoiseHandshake:
         try:
             return bytes(self._connection.read_message(bytes(message)))
         except InvalidTag:
-            raise HandshakeFailed(f"handshake message {number} failed authentication") from None
+            raise HandshakeFailed(
+                f"handshake message {number} failed authentication (replayed or tampered, or the peer "
+                f"does not speak {self.prologue.decode('ascii', 'replace')!r})"
+            ) from None
         except Exception as e:
             # noiseprotocol's own exception classes share no base, and
             # cryptography raises ValueError for bad points: anything raised

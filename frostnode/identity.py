@@ -23,10 +23,15 @@ from typing import Iterable, Iterator, Optional
 
 from coincurve import PrivateKey, PublicKeyXOnly
 
+from frostnode.crypto.bip340 import schnorr_verify
 from frostnode.crypto.hashes import tagged_hash
 
 CARD_TAG = "frostnode/card"
 CARD_VERSION = 1
+#: The signed encoding prefixes the address count and each address's UTF-8
+#: length with 2 bytes: these are the limits, checked before encoding.
+MAX_ADDRESSES = 0xFFFF
+MAX_ADDRESS_BYTES = 0xFFFF
 
 
 class InvalidCard(ValueError):
@@ -34,10 +39,25 @@ class InvalidCard(ValueError):
 
 
 def _card_message(host_key: bytes, noise_key: bytes, addresses: tuple[str, ...]) -> bytes:
+    """
+    The tagged hash the host key signs.  Refuses, as L{InvalidCard}, what the
+    encoding cannot represent (rather than letting C{int.to_bytes} raise
+    C{OverflowError} or C{str.encode} a C{UnicodeEncodeError} from inside
+    card verification).
+    """
+    if len(addresses) > MAX_ADDRESSES:
+        raise InvalidCard(f"card lists {len(addresses)} addresses; at most {MAX_ADDRESSES} are allowed")
     enc = bytearray()
     enc += bytes((CARD_VERSION,)) + host_key + noise_key + len(addresses).to_bytes(2, "big")
-    for a in addresses:
-        ab = a.encode("utf-8")
+    for i, a in enumerate(addresses):
+        if not isinstance(a, str):
+            raise InvalidCard(f"card address {i} is a {type(a).__name__}, not a string")
+        try:
+            ab = a.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidCard(f"card address {i} is not valid Unicode (a lone surrogate)") from None
+        if len(ab) > MAX_ADDRESS_BYTES:
+            raise InvalidCard(f"card address {i} is {len(ab)} bytes long; at most {MAX_ADDRESS_BYTES} are allowed")
         enc += len(ab).to_bytes(2, "big") + ab
     return tagged_hash(CARD_TAG, bytes(enc))
 
@@ -65,11 +85,12 @@ class HostKeypair:
 
 
 def verify_host_signature(host_key: bytes, msg32: bytes, sig: bytes) -> bool:
-    """BIP340 verification of C{sig} by C{host_key}; malformed input is just False."""
-    try:
-        return len(sig) == 64 and PublicKeyXOnly(host_key).verify(sig, msg32)
-    except (ValueError, TypeError):
-        return False
+    """
+    BIP340 verification of C{sig} by C{host_key}; malformed input is just
+    False.  The name says what is being checked at call sites (a member's
+    statement); the check is L{frostnode.crypto.bip340.schnorr_verify}.
+    """
+    return schnorr_verify(msg32, host_key, sig)
 
 
 @dataclass(frozen=True)
@@ -86,12 +107,24 @@ class AddressCard:
 
     @classmethod
     def create(cls, host: HostKeypair, noise_key: bytes, addresses: Iterable[str]) -> "AddressCard":
+        """
+        Sign a card for C{host}.
+
+        @raise InvalidCard: a Noise key that is not 32 bytes, or addresses
+            the card encoding cannot hold.
+        """
         addrs = tuple(addresses)
+        if len(noise_key) != 32:
+            raise InvalidCard(f"a Noise key is 32 bytes, not {len(noise_key)}")
         return cls(host.public, noise_key, addrs, host.sign(_card_message(host.public, noise_key, addrs)))
 
     def verify(self) -> None:
+        """@raise InvalidCard: a malformed field or a binding signature that fails."""
         if len(self.host_key) != 32 or len(self.noise_key) != 32 or len(self.signature) != 64:
-            raise InvalidCard("card fields have the wrong length")
+            raise InvalidCard(
+                f"card fields have the wrong length (host key {len(self.host_key)}, Noise key "
+                f"{len(self.noise_key)}, signature {len(self.signature)} bytes; expected 32, 32, 64)"
+            )
         if not verify_host_signature(self.host_key, _card_message(self.host_key, self.noise_key, self.addresses), self.signature):
             raise InvalidCard(f"card for host key {self.host_key.hex()} has an invalid binding signature")
 
@@ -109,9 +142,12 @@ class AddressCard:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AddressCard":
+        if not isinstance(d, dict):
+            raise InvalidCard(f"a card is a table of fields, not a {type(d).__name__}")
         try:
-            if d.get("version", CARD_VERSION) != CARD_VERSION:
-                raise InvalidCard(f"unsupported card version {d.get('version')!r}")
+            version = d.get("version", CARD_VERSION)
+            if type(version) is not int or version != CARD_VERSION:
+                raise InvalidCard(f"unsupported card version {version!r}")
             addrs = d["addresses"]
             if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
                 raise InvalidCard("card addresses must be a list of strings")

@@ -55,7 +55,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from frostnode.crypto.errors import InvalidCommitment, NonceReuseError
+from frostnode.crypto.errors import InvalidCommitment, NonceReuseError, ProtocolError
 from frostnode.crypto.nonces import SecretNonce
 from frostnode.identity import HostKeypair
 from frostnode.net.interfaces import CHANNEL_SIGN, ILinks
@@ -544,7 +544,7 @@ class SigningService(Service):
                                                stored.commitment)
             try:
                 share = ready.sign(nonce)
-            except (ValueError, NonceReuseError) as e:
+            except (ValueError, NonceReuseError, ProtocolError) as e:
                 self.log.error("signing: no share for {coordinator} session {session}: {error}",
                                coordinator=_short(coordinator), session=req.session, error=str(e))
                 self._unavailable(coordinator, req, commitment, f"cannot sign: {e}")
@@ -718,7 +718,7 @@ class SigningService(Service):
         req.template = m.SignRequest(req.request_id, 0, req.key.epoch, req.suite.name, req.scheme, req.request,
                                      req.digest, bytes(AGGNONCE_SIZE), ())
         req.commitment = req.template.request_commitment()
-        self.signer.remember(self.local, req.commitment, message)
+        self.signer.remember(self.local, req.request_id, req.commitment, message)
         req.roast = RoastCoordinator(req.key, req.suite, message, self._candidates(req.key),
                                      _PoolView(self.pool, req.key), audit=req.audit, eager=self.config.eager)
         self._apply(req, req.roast.start())

@@ -29,10 +29,12 @@ over L{verdict_message}, which binds the coordinator, the request's content
 and proposal, the session, the verdict and the member's digest: a client
 shown a verdict can check who said it, about what.
 
-Validation results are cached per (coordinator, request content) so the
-further sessions ROAST may start for one request do not re-run the scheme.
-Schemes are deterministic and get no clock, so the cache changes nothing
-but cost; a missing-data result is not cached (catch-up may fix it).
+Validation results are cached per (coordinator, request id, request
+content) so the further sessions ROAST may start for one request do not
+re-run the scheme.  Schemes are deterministic and get no clock, so within
+one request the cache changes nothing but cost.  It is not shared across
+requests: a client retrying the same request after this member caught up
+must get a fresh evaluation.  A missing-data result is never cached.
 """
 
 from __future__ import annotations
@@ -129,18 +131,18 @@ class Signer:
         self.host = host
         self.host_key = host.public
         self.schemes = schemes
-        self._cache: OrderedDict[tuple[bytes, bytes], _Evaluation] = OrderedDict()
+        self._cache: OrderedDict[tuple[bytes, bytes, bytes], _Evaluation] = OrderedDict()
         self._cache_size = cache_size
 
-    def remember(self, coordinator: bytes, request_commitment: bytes, message: bytes) -> None:
+    def remember(self, coordinator: bytes, request_id: bytes, request_commitment: bytes, message: bytes) -> None:
         """
         Seed the cache with a message already computed on this view (the
         coordinator's own evaluation), so signing for our own request does
         not run the scheme twice.
         """
-        self._store((coordinator, request_commitment), ("message", bytes(message)))
+        self._store((coordinator, request_id, request_commitment), ("message", bytes(message)))
 
-    def _store(self, key: tuple[bytes, bytes], result: _Evaluation) -> None:
+    def _store(self, key: tuple[bytes, bytes, bytes], result: _Evaluation) -> None:
         self._cache[key] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -156,7 +158,7 @@ class Signer:
         return Answer(Verdict(req.request_id, req.session, kind, digest, reason, sig))
 
     def _evaluate(self, coordinator: bytes, req: SignRequest, commitment: bytes, view: Any) -> _Evaluation:
-        key = (coordinator, commitment)
+        key = (coordinator, req.request_id, commitment)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

@@ -214,13 +214,30 @@ def _check_signers(key: EpochKey, signers: Sequence[tuple[int, bytes]]) -> tuple
     return indices
 
 
+def _check_aggnonce(aggnonce: bytes) -> bytes:
+    """
+    Parse an aggregate nonce as BIP 445 will (each half a point, or 33 zero
+    bytes for the identity), so a signer refuses a bad one I{before} it
+    reserves a nonce.
+
+    @raise InvalidEncoding: not a valid aggnonce.
+    """
+    aggnonce = bytes(aggnonce)
+    if len(aggnonce) != AGGNONCE_SIZE:
+        raise InvalidEncoding(f"an aggregate nonce is {AGGNONCE_SIZE} bytes")
+    for half in (aggnonce[:33], aggnonce[33:]):
+        if half != bytes(33):
+            point_from_bytes(half)
+    return aggnonce
+
+
 class _Bip445Session(Session):
     def __init__(self, suite: "Bip445", key: EpochKey, signers: Sequence[tuple[int, bytes]], aggnonce: bytes, msg: bytes) -> None:
         self.suite = suite
         self.key = key
         self.indices = _check_signers(key, signers)
         self.pubnonces = {i: c for i, c in signers}
-        self.aggnonce = bytes(aggnonce)
+        self.aggnonce = _check_aggnonce(aggnonce)
         self.msg = msg
         ctx = bip445.SignersContext(key.n, key.threshold, list(self.indices),
                                     [key.verification_shares[i] for i in self.indices], key.internal_key)

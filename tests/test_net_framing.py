@@ -7,7 +7,6 @@ and a record in tiny chunks costs memory in proportion to its size.
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 
 from hypothesis import given, settings, strategies as st
@@ -98,33 +97,6 @@ class RecordReaderTests(SynchronousTestCase):
         self.assertEqual(decoded(records), [(DATA, (1, 2, payload))])
         self.assertEqual(reader.buffered, 0)
         self.assertLess(peak, 2.5 * len(record))             # the buffer, and the record copied out of it
-
-    def test_large_record_is_not_recopied_per_chunk(self) -> None:
-        """
-        A 16 MiB record in Noise-sized plaintexts costs a few copies of it
-        (here about one join of its chunks; before the bytearray buffer,
-        about ten), not one copy of the growing record per chunk, which
-        would be some two hundred times a join.
-        """
-        payload = b"x" * (16 * 1024 * 1024)
-        chunks = split_plaintext(encode_data(1, 2, payload), MAX_PLAINTEXT)
-
-        def read() -> float:
-            reader = RecordReader(len(payload))
-            start = time.perf_counter()
-            for c in chunks[:-1]:
-                reader.feed(c)
-            [(typ, body)] = reader.feed(chunks[-1])
-            elapsed = time.perf_counter() - start
-            self.assertEqual(len(body), len(payload) + 10)
-            return elapsed
-
-        def join() -> float:
-            start = time.perf_counter()
-            b"".join(chunks)
-            return time.perf_counter() - start
-
-        self.assertLess(min(read() for _ in range(3)), 30 * min(join() for _ in range(3)) + 0.02)
 
     def test_oversized_record_refused_at_header(self) -> None:
         reader = RecordReader(1000)

@@ -26,19 +26,16 @@ Hellos, encrypted and bound to the transcript:
     than the node will take.
   - client -> node (message 3): C{version (u8) = 1}.
 
-The class mirrors L{frostnode.net.noise.NoiseHandshake} (which fixes the
-peer prologue) and hands over the same L{NoiseTransport}.
+L{ClientHandshake} is L{frostnode.net.noise.NoiseHandshake} with this
+prologue.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
-
-from cryptography.exceptions import InvalidTag
-from noise.connection import Keypair, NoiseConnection
+from typing import Callable, NamedTuple
 
 from frostnode.net.errors import HandshakeFailed
-from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, PROTOCOL_NAME, NoiseTransport
+from frostnode.net.noise import NoiseHandshake
 from frostnode.wire import DecodeError, Reader, Writer
 
 CLIENT_PROLOGUE = b"frostnode client v1"
@@ -89,77 +86,13 @@ def decode_client_hello(payload: bytes) -> None:
 
 
 
-class ClientHandshake:
+class ClientHandshake(NoiseHandshake):
     """
-    One client-port XX handshake, either role.
-
-    @param static_private: our X25519 static secret (the node's member Noise
-        key, or the client's key).
-    @param initiator: True on the client.
-    @param payload: our hello, sent in message 2 (node) or 3 (client).
-    @param authenticate: called once with the remote static key and hello as
-        soon as both are known, before we send anything more; raises to refuse.
+    The peer links' XX handshake (L{NoiseHandshake}: either role, the
+    remote key checked by C{authenticate} before we reveal ours) under the
+    client port's prologue, so the two ports never complete each other's
+    handshakes.
     """
 
     def __init__(self, static_private: bytes, initiator: bool, payload: bytes, authenticate: Authenticator) -> None:
-        self.initiator = initiator
-        self._payload = payload
-        self._authenticate = authenticate
-        self._connection = NoiseConnection.from_name(PROTOCOL_NAME)
-        self._connection.set_prologue(CLIENT_PROLOGUE)
-        if initiator:
-            self._connection.set_as_initiator()
-        else:
-            self._connection.set_as_responder()
-        self._connection.set_keypair_from_private_bytes(Keypair.STATIC, static_private)
-        self._connection.start_handshake()
-        # noiseprotocol deletes handshake_state on completion; keep it to read rs.
-        self._state = self._connection.noise_protocol.handshake_state
-        self._received = 0
-        self.remote_static: Optional[bytes] = None
-        self.remote_payload: Optional[bytes] = None
-
-    @property
-    def complete(self) -> bool:
-        return bool(self._connection.handshake_finished)
-
-    def start(self) -> list[bytes]:
-        """Messages to send once connected: message 1 for the client."""
-        if self.initiator:
-            return [bytes(self._connection.write_message(b""))]
-        return []
-
-    def receive(self, message: bytes) -> list[bytes]:
-        """
-        Process one handshake message; return what to send back.
-
-        @raise HandshakeFailed: malformed or unauthentic message.
-        @raise Exception: whatever C{authenticate} raised.
-        """
-        if self.complete:
-            raise RuntimeError("handshake already complete")
-        number = 2 if self.initiator else 2 * self._received + 1
-        if len(message) > MAX_HANDSHAKE_MESSAGE:
-            raise HandshakeFailed(f"handshake message {number} of {len(message)} bytes over the "
-                                  f"{MAX_HANDSHAKE_MESSAGE}-byte limit")
-        try:
-            payload = bytes(self._connection.read_message(bytes(message)))
-        except InvalidTag:
-            raise HandshakeFailed(f"handshake message {number} failed authentication "
-                                  f"(not a frostnode client port, or a different protocol version)") from None
-        except Exception as e:  # noiseprotocol's exceptions share no base
-            raise HandshakeFailed(f"handshake message {number} rejected ({type(e).__name__}: {e})") from None
-        self._received += 1
-        if self.initiator or self._received == 2:
-            self.remote_static = bytes(self._state.rs.public_bytes)
-            self.remote_payload = payload
-            self._authenticate(self.remote_static, payload)
-            return [bytes(self._connection.write_message(self._payload))] if self.initiator else []
-        if payload:
-            raise HandshakeFailed(f"handshake message 1 carries {len(payload)} unexpected payload bytes")
-        return [bytes(self._connection.write_message(self._payload))]
-
-    def transport(self) -> NoiseTransport:
-        if not self.complete:
-            raise RuntimeError("handshake not complete")
-        return NoiseTransport(self._connection)
+        super().__init__(static_private, initiator, payload, authenticate, prologue=CLIENT_PROLOGUE)

@@ -203,10 +203,10 @@ def _card(opts: CardOptions, out: TextIO) -> None:
 def _check(opts: CheckOptions, out: TextIO) -> None:
     from frostnode.tap import load_node
 
-    config, keys = load_node(opts["config"])
+    config, keys, schemes = load_node(opts["config"])
     directory = config.member_directory()
     out.write(f"{config.source}: OK: member {keys.host.public.hex()}, one of {len(directory)}, "
-              f"threshold {config.federation.threshold}\n")
+              f"threshold {config.federation.threshold}, validation schemes {', '.join(sorted(schemes))}\n")
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

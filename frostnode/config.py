@@ -48,6 +48,14 @@ LOG_LEVELS = tuple(level.name for level in LogLevel.iterconstants())
 #: ids (L{frostnode.net.peers.LinkConfig.receive_window}): no member may
 #: queue more than this many messages for one peer.
 PEER_RECEIVE_WINDOW = 131072
+#: Bytes of a link message around one broadcast payload (batch header, record
+#: header, tag), kept free by C{[limits] max_broadcast_size}.
+BROADCAST_FRAMING = 1024
+#: Bytes of a broadcast around one log record's payload (the sync batch's
+#: header and signature, the record's envelope), kept free by C{[store] max_payload}.
+RECORD_FRAMING = 4096
+#: The smallest LMDB map the store accepts (L{frostnode.store.db}).
+MIN_MAP_SIZE = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -175,6 +183,26 @@ class LimitsSection:
     peer_queue_size: int
     max_pending_broadcasts: int
     max_buffered_messages: int
+    max_broadcast_size: int
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    """
+    The node's LMDB environment and what the replicated log keeps.
+
+    @ivar retention_age: seconds a record is kept after its origin received
+        it, or C{None} to keep records regardless of age.
+    @ivar retention_per_origin: newest records kept per origin, or C{None}.
+    """
+
+    map_size: int
+    max_map_size: int
+    max_payload: int
+    max_range: int
+    retention_age: Optional[float]
+    retention_per_origin: Optional[int]
+    prune_interval: float
 
 
 @dataclass(frozen=True)
@@ -205,6 +233,7 @@ class Config:
     tor: TorSection
     log: LogSection
     limits: LimitsSection
+    store: StoreSection
     validation: ValidationSection
 
     def member_directory(self) -> MemberDirectory:
@@ -268,6 +297,14 @@ def parse_size(value: Any) -> int:
     if m is None:
         raise ValueError(f"must be a size like \"65536\", \"64KiB\" or \"1MiB\", not {value!r}")
     return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def format_size(size: int) -> str:
+    """C{size} in the largest binary unit that states it exactly (C{"4KiB"}, C{"1000B"})."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size}B"
 
 
 def format_duration(seconds: float) -> str:
@@ -562,11 +599,41 @@ def _read_log(t: _Table) -> LogSection:
 
 
 def _read_limits(t: _Table) -> LimitsSection:
+    message = t.size("max_message_size", 16 * 2**20, minimum=1024)
+    room = message - BROADCAST_FRAMING
+    broadcast = t.size("max_broadcast_size", max(min(2 * 2**20, room), 0), minimum=0)
+    if broadcast > room:
+        raise t.error("max_broadcast_size", f"must be at most max_message_size minus {format_size(BROADCAST_FRAMING)} "
+                                            f"({room}), so that a broadcast fits in one link message (got {broadcast})")
     return LimitsSection(
-        max_message_size=t.size("max_message_size", 16 * 2**20, minimum=1024),
+        max_message_size=message,
         peer_queue_size=t.integer("peer_queue_size", 65536, minimum=1, maximum=PEER_RECEIVE_WINDOW),
         max_pending_broadcasts=t.integer("max_pending_broadcasts", 10000, minimum=1),
         max_buffered_messages=t.integer("max_buffered_messages", 1000, minimum=1),
+        max_broadcast_size=broadcast,
+    )
+
+
+def _read_store(t: _Table, limits: LimitsSection) -> StoreSection:
+    map_size = t.size("map_size", 2**30, minimum=MIN_MAP_SIZE)
+    max_map_size = t.size("max_map_size", max(64 * 2**30, map_size), minimum=MIN_MAP_SIZE)
+    if max_map_size < map_size:
+        raise t.error("max_map_size", f"must not be smaller than map_size ({max_map_size} < {map_size})")
+    room = max(limits.max_broadcast_size - RECORD_FRAMING, 0)
+    max_payload = t.size("max_payload", min(2**20, room), minimum=0)
+    if max_payload > room:
+        raise t.error("max_payload", f"must be at most [limits] max_broadcast_size minus {format_size(RECORD_FRAMING)} "
+                                     f"({room}), so that a record fits in one broadcast (got {max_payload})")
+    age = t.duration("retention_age", 0.0, positive=False)
+    per_origin = t.integer("retention_per_origin", 0, minimum=0)
+    return StoreSection(
+        map_size=map_size,
+        max_map_size=max_map_size,
+        max_payload=max_payload,
+        max_range=t.integer("max_range", 10_000, minimum=1),
+        retention_age=age or None,
+        retention_per_origin=per_origin or None,
+        prune_interval=t.duration("prune_interval", 600.0),
     )
 
 
@@ -588,7 +655,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tor": ("enabled", "control_port", "tor_binary", "data_directory", "socks_port", "onion_key_file",
             "onion_port", "publish_client"),
     "log": ("format", "level"),
-    "limits": ("max_message_size", "peer_queue_size", "max_pending_broadcasts", "max_buffered_messages"),
+    "limits": ("max_message_size", "peer_queue_size", "max_pending_broadcasts", "max_buffered_messages",
+               "max_broadcast_size"),
+    "store": ("map_size", "max_map_size", "max_payload", "max_range", "retention_age", "retention_per_origin",
+              "prune_interval"),
     "validation": ("schemes",),
 }
 
@@ -640,6 +710,7 @@ def config_from_string(text: str | bytes, source: str = "node.toml") -> Config:
 
     tables = {name: _Table(source, base, name, doc.get(name, {}), keys) for name, keys in SECTIONS.items()}
     node = _read_node(tables["node"])
+    limits = _read_limits(tables["limits"])
     config = Config(
         source=source,
         path=path,
@@ -652,7 +723,8 @@ def config_from_string(text: str | bytes, source: str = "node.toml") -> Config:
         metrics=_read_metrics(tables["metrics"]),
         tor=_read_tor(tables["tor"], node.data_dir),
         log=_read_log(tables["log"]),
-        limits=_read_limits(tables["limits"]),
+        limits=limits,
+        store=_read_store(tables["store"], limits),
         validation=_read_validation(tables["validation"]),
     )
     return config

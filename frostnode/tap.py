@@ -3,43 +3,78 @@
 The twistd plugin's options and wiring: C{twistd -n frostnode --config node.toml}.
 
 Everything that can be wrong with a node's setup (config file, data
-directory, key files, membership) is checked in L{Options.postOptions},
-before twistd installs a reactor or opens a log, so that a bad setup costs
-one line and a non-zero exit instead of a traceback from a half-started
-service.  A missing C{--config} is a command-line mistake and raises
-C{UsageError}, for which twistd prints its usage text; a bad config file is
-not, and twistd's usage text would bury the one line that matters, so it
-exits with C{SystemExit("frostnode: <file>: <key> <problem>")} instead.
+directory, key files, membership, the store's files, validation schemes) is
+checked in L{Options.postOptions}, before twistd installs a reactor or opens
+a log, so that a bad setup costs one line and a non-zero exit instead of a
+traceback from a half-started service.  A missing C{--config} is a
+command-line mistake and raises C{UsageError}, for which twistd prints its
+usage text; a bad config file is not, and twistd's usage text would bury the
+one line that matters, so it exits with
+C{SystemExit("frostnode: <file>: <key> <problem>")} instead.
 
-L{build_node} is the one place where the node's layers are put together: each
-later layer (broadcast, DKG, signing, client, sync, Tor, metrics) adds its
-service there, as an attribute of L{Node}, so tests can build a node without
-twistd and later layers can find each other.  Today it holds the peer links
-(L{PeerNetwork}, listening on C{[peer] listen}).
+L{build_node} is the one place where the node's layers are put together, in
+dependency order, each as a child service of L{Node} and as an attribute of
+it, so tests can build a node without twistd and layers can find each other:
 
-The node logs C{frostnode <host key> running, peer port <port>} once the
-reactor runs and the peer port is bound: that line, not service start (which
-twistd does before the reactor runs or handles signals), is the one to wait
-for.  Shutdown is twistd's: SIGTERM stops the reactor, which first stops
-every service of L{Node} and waits for the Deferreds their C{stopService}
-return; twistd then re-raises SIGTERM on itself, so the exit status says
-the process ended by that signal.
+  1. C{store}: the LMDB environment (L{Database}) with the key store, the
+     nonce pool and the replicated log over it;
+  2. C{peers}: the member links (L{PeerNetwork}, on C{[peer] listen});
+  3. C{broadcast}: reliable broadcast over the links (L{ReliableBroadcast});
+  4. the protocols: DKG, sync, signing (attached as they land, see
+     L{build_node});
+  5. the ports facing outside: client, HTTP, metrics, Tor.
+
+Shutdown: L{Node.stopService} stops every other layer first and waits for
+them, then closes the store, whose writer lets in-flight LMDB transactions
+commit before the environment closes.  (The store also closes itself
+before reactor shutdown, see L{frostnode.store.db}; under twistd that runs
+alongside the node's own shutdown, so a layer that tries a new write while
+stopping is refused, never half-written.)
+
+Daemon mode is refused: the store's writer thread starts when the store
+opens, in C{makeService}, and twistd forks to daemonise after that, which
+leaves the child without the thread.  Run C{twistd -n} under a supervisor
+(systemd, runit) instead.
+
+Log events, one per meaningful step, all with named fields: start (members,
+threshold), C{running} once the reactor runs and the ports are bound (with
+their port numbers: the line to wait for), each peer link up or down (with
+the peer's full host key and how many links are up), all links up, pruning,
+stop.  Later layers log their own steps (DKG phases, signing outcomes,
+rejected input with its reason).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Mapping, Optional
 
-from twisted.application.service import MultiService
+import lmdb
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from frostnode import logging as node_logging
-from frostnode.config import Config, ConfigError, check_data_dir, load_config
+from frostnode.broadcast.bracha import BrachaConfig
+from frostnode.broadcast.service import ReliableBroadcast
+from frostnode.config import BROADCAST_FRAMING, Config, ConfigError, check_data_dir, load_config
 from frostnode.keys import NodeKeys, check_membership, load_node_keys
+from frostnode.metrics import MetricsService, NodeMetrics, Registry, node_metrics, watch_peer_network
 from frostnode.net.peers import LinkConfig, PeerNetwork
+from frostnode.store.db import Database, StoreService
+from frostnode.store.errors import StoreError
+from frostnode.store.keys import KeyStore
+from frostnode.store.log import DataLog, LogLimits, Retention
+from frostnode.store.nonces import NonceStore
+from frostnode.validation.registry import LoadedScheme, SchemeLoadError, load_schemes
+
+#: The broadcast service's soft cap on one links payload (its own default).
+BROADCAST_BATCH_BYTES = 60 * 1024
 
 
 class Options(usage.Options):
@@ -50,23 +85,31 @@ class Options(usage.Options):
         ["config", "c", None, "The node's TOML configuration file (required)."],
     ]
 
-    #: Set by L{postOptions}: the validated configuration and the node's keys.
+    #: Set by L{postOptions}: the validated configuration, the node's keys
+    #: and its validation schemes.
     node_config: Config
     node_keys: NodeKeys
+    node_schemes: dict[str, LoadedScheme]
 
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config is required: the node's TOML file (create one with: frostnode init)")
+        parent = getattr(self, "parent", None)
+        if parent is not None and hasattr(parent, "get") and not parent.get("nodaemon", True):
+            raise SystemExit("frostnode: run it in the foreground, `twistd -n frostnode --config ...` (under a "
+                             "supervisor such as systemd to run it in the background): the store's writer thread "
+                             "does not survive twistd's daemonising fork")
         try:
-            self.node_config, self.node_keys = load_node(self["config"])
+            self.node_config, self.node_keys, self.node_schemes = load_node(self["config"])
         except ConfigError as e:
             raise SystemExit(f"frostnode: {e}") from None
 
 
-def load_node(path: str) -> tuple[Config, NodeKeys]:
+def load_node(path: str) -> tuple[Config, NodeKeys, dict[str, LoadedScheme]]:
     """
     Everything needed to start a node, checked: the config at C{path}, its
-    data directory, both key files, and this node's place among the members.
+    data directory and store, both key files, this node's place among the
+    members, the link settings and the validation schemes.
 
     @raise ConfigError: naming the file and key at fault.
     """
@@ -75,7 +118,9 @@ def load_node(path: str) -> tuple[Config, NodeKeys]:
     keys = load_node_keys(config)
     check_membership(config, keys)
     link_config(config)
-    return config, keys
+    check_store(config)
+    schemes = load_validation(config)
+    return config, keys, schemes
 
 
 def link_config(config: Config) -> LinkConfig:
@@ -98,16 +143,142 @@ def link_config(config: Config) -> LinkConfig:
         raise config.error("[peer]", f"and [limits] make invalid link settings: {e}") from None
 
 
+def broadcast_config(config: Config, members: int) -> tuple[BrachaConfig, int]:
+    """
+    The broadcast core's limits and the driver's batch size from C{[limits]}.
+
+    C{max_pending_broadcasts} bounds instances in progress over the whole
+    federation, so each member's share of it (at least 16) caps both the
+    confirmed instances charged to one originator and the unconfirmed ones
+    one member may speak in.  A payload is at most C{max_broadcast_size};
+    batches stay at the driver's 60 KiB unless links messages are smaller.
+
+    @return: the core's config and C{max_batch_bytes}.
+    """
+    limits = config.limits
+    per_member = max(16, math.ceil(limits.max_pending_broadcasts / max(members, 1)))
+    core = BrachaConfig(
+        max_payload=limits.max_broadcast_size,
+        max_open_per_origin=per_member,
+        max_unconfirmed_per_member=per_member,
+    )
+    return core, max(1, min(BROADCAST_BATCH_BYTES, limits.max_message_size - BROADCAST_FRAMING))
+
+
+def log_limits(config: Config) -> LogLimits:
+    return LogLimits(max_payload=config.store.max_payload, max_range=config.store.max_range)
+
+
+def retention(config: Config) -> Retention:
+    return Retention(max_age=config.store.retention_age, max_per_origin=config.store.retention_per_origin)
+
+
+def open_store(config: Config, reactor: Any = None) -> Database:
+    """
+    The node's LMDB environment in C{[node] data_dir}.
+
+    @param reactor: for asynchronous writes; without one, only synchronous
+        writes work (checks, tools).
+    @raise ConfigError: naming C{[node] data_dir} when the store's files are
+        not owner-only, are in use by another process, or cannot be opened.
+    """
+    try:
+        return Database.open(config.node.data_dir, reactor=reactor, map_size=config.store.map_size,
+                             max_map_size=config.store.max_map_size)
+    except StoreError as e:
+        raise config.error("[node] data_dir", f"store cannot be opened: {e}") from None
+    except (lmdb.Error, OSError) as e:
+        raise config.error("[node] data_dir", f"store in {str(config.node.data_dir)!r} cannot be opened: {e}") from None
+
+
+def check_store(config: Config) -> None:
+    """
+    Open and close the store once, so that a locked or unprotected store
+    stops the node with one line before twistd starts anything.
+
+    @raise ConfigError: as L{open_store}.
+    """
+    open_store(config).close_sync()
+
+
+def load_validation(config: Config) -> dict[str, LoadedScheme]:
+    """
+    The built-in validation schemes and those of C{[validation] schemes}.
+
+    @raise ConfigError: naming the entry that cannot be loaded, and why.
+    """
+    try:
+        return load_schemes(config.validation.schemes)
+    except SchemeLoadError as e:
+        entries = config.validation.schemes
+        if e.spec in entries:
+            key = f"[validation] schemes[{entries.index(e.spec)}]"
+            raise config.error(key, f"({e.spec!r}) {e.problem}") from None
+        raise config.error("[validation] schemes", e.problem) from None
+
+
+class Pruner(Service):
+    """
+    Applies the log's retention rules every C{[store] prune_interval}.  A
+    failed round is logged and the next one runs as planned.
+    """
+
+    log = Logger()
+
+    def __init__(self, datalog: DataLog, clock: Any, interval: float) -> None:
+        self.datalog = datalog
+        self.clock = clock
+        self.interval = interval
+        self._loop = LoopingCall(self._prune)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _prune(self) -> Deferred:
+        d = self.datalog.prune(self.clock.seconds())
+        d.addCallbacks(self._pruned, self._failed)
+        return d
+
+    def _pruned(self, removed: int) -> None:
+        if removed:
+            self.log.info("pruned {removed} log records past retention", removed=removed)
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.failure("pruning the log failed; trying again in {interval}s", failure, interval=self.interval)
+
+
 class Node(MultiService):
     """
     One federation member's services.  Attributes name the layers' services
-    (C{None} until a layer exists or when it is disabled by the config).
+    and stores (C{None} until a layer exists or when the config disables it).
 
     @ivar config: the validated configuration.
     @ivar keys: this node's secret keys.
     @ivar directory: the current members.
     @ivar reactor: the reactor every layer uses (time, network).
-    @ivar peers: the member-to-member links, or C{None}.
+    @ivar db: the LMDB environment.
+    @ivar store: the service that closes C{db}, last.
+    @ivar keystore: DKG epochs and sessions.
+    @ivar nonces: the preprocessed nonce pool.
+    @ivar datalog: the replicated log.
+    @ivar schemes: validation schemes by name.
+    @ivar peers: the member-to-member links.
+    @ivar broadcast: reliable broadcast over C{peers}.
+    @ivar metrics: the node's metrics, when C{[metrics]} is enabled.
+    @ivar metrics_service: the metrics endpoint, when enabled.
+    @ivar dkg: key generation (driver and scheduler).
+    @ivar sync: the replicated log's broadcast and catch-up.
+    @ivar signing: threshold signing.
+    @ivar client: the Noise client port.
+    @ivar http: the local HTTP API.
+    @ivar tor: onion services and Tor dialling.
     """
 
     log = Logger()
@@ -119,7 +290,23 @@ class Node(MultiService):
         self.keys = keys
         self.reactor = reactor
         self.directory = config.member_directory()
+        self.db: Optional[Database] = None
+        self.store: Optional[StoreService] = None
+        self.keystore: Optional[KeyStore] = None
+        self.nonces: Optional[NonceStore] = None
+        self.datalog: Optional[DataLog] = None
+        self.schemes: Mapping[str, LoadedScheme] = {}
         self.peers: Optional[PeerNetwork] = None
+        self.broadcast: Optional[ReliableBroadcast] = None
+        self.metrics: Optional[NodeMetrics] = None
+        self.metrics_service: Optional[MetricsService] = None
+        self.dkg: Any = None
+        self.sync: Any = None
+        self.signing: Any = None
+        self.client: Any = None
+        self.http: Any = None
+        self.tor: Any = None
+        self._all_up = False
 
     @property
     def host_key(self) -> str:
@@ -140,39 +327,129 @@ class Node(MultiService):
         # handles SIGTERM): "running" is the line that says the node is up.
         self.reactor.callWhenRunning(self._running)
 
+    # -- ports -------------------------------------------------------------------
+
+    def _ports(self) -> dict[str, Any]:
+        """The services with a port, by the name the "running" line gives it."""
+        ports = {"peer_port": self.peers, "client_port": self.client, "http_port": self.http,
+                 "metrics_port": self.metrics_service}
+        return {name: s for name, s in ports.items() if s is not None and hasattr(s, "when_listening")}
+
     def _running(self) -> None:
         if not self.running:
             return
-        if self.peers is None:
-            self.log.info("frostnode {host_key} running", host_key=self.host_key)
-            return
-        self.peers.when_listening().addCallbacks(self._listening, self._not_listening)
+        ports = self._ports()
+        names = list(ports)
+        waits = [ports[name].when_listening() for name in names]
+        DeferredList(waits, consumeErrors=True).addCallback(self._listening, names)
 
-    def _listening(self, port: Any) -> None:
-        self.log.info("frostnode {host_key} running, peer port {peer_port}", host_key=self.host_key,
-                      peer_port=getattr(port.getHost(), "port", str(port.getHost())))
+    def _listening(self, results: list[tuple[bool, Any]], names: list[str]) -> None:
+        bound: dict[str, Any] = {}
+        for name, (ok, value) in zip(names, results):
+            if ok:
+                host = value.getHost()
+                bound[name] = getattr(host, "port", str(host))
+            else:
+                # The layer logged why; the node still dials out and serves the rest.
+                bound[name] = None
+                self.log.error("frostnode {host_key} cannot open its {port_name}: {error}", host_key=self.host_key,
+                               port_name=name.replace("_", " "), error=value.getErrorMessage())
+        fmt = "frostnode {host_key} running" + "".join(
+            f", {name.replace('_', ' ')} {{{name}}}" for name in names if bound[name] is not None)
+        self.log.info(fmt, host_key=self.host_key, **bound)
 
-    def _not_listening(self, failure: Any) -> None:
-        # The links logged why; the node still dials out, so it carries on.
-        self.log.error("frostnode {host_key} running without a peer port ({listen}): {error}",
-                       host_key=self.host_key, listen=self.config.peer.listen, error=failure.getErrorMessage())
+    # -- peers ---------------------------------------------------------------------
 
-    def stopService(self) -> Any:
+    def _link_changed(self, peer: bytes, up: bool) -> None:
+        assert self.peers is not None
+        connected = len(self.peers.connected())
+        total = len(self.peers.peers())
+        if up:
+            self.log.info("peer {peer} up ({links_up} of {peers} links up)", peer=peer.hex(), links_up=connected,
+                          peers=total)
+        else:
+            self.log.info("peer {peer} down ({links_up} of {peers} links up)", peer=peer.hex(), links_up=connected,
+                          peers=total)
+        if connected == total and not self._all_up:
+            self._all_up = True
+            self.log.info("all {peers} peer links up", peers=total)
+        elif connected < total:
+            self._all_up = False
+
+    # -- shutdown --------------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """Stop every layer, then (once they all stopped) close the store."""
         self.log.info("frostnode {host_key} stopping", host_key=self.host_key)
-        d = super().stopService()
+        Service.stopService(self)
+        layers = [s for s in reversed(list(self)) if s is not self.store]
+        d = DeferredList([maybeDeferred(s.stopService) for s in layers], consumeErrors=True)
+        d.addCallback(self._layers_stopped)
+        return d
+
+    def _layers_stopped(self, results: list[tuple[bool, Any]]) -> Deferred:
+        for ok, value in results:
+            if not ok:
+                self.log.failure("a service failed to stop cleanly", value)
+        d = maybeDeferred(self.store.stopService) if self.store is not None else maybeDeferred(lambda: None)
         d.addCallback(lambda _: self.log.info("frostnode {host_key} stopped", host_key=self.host_key))
         return d
 
 
-def build_node(config: Config, keys: NodeKeys, reactor: Any) -> Node:
+def build_node(config: Config, keys: NodeKeys, reactor: Any,
+               schemes: Optional[Mapping[str, LoadedScheme]] = None) -> Node:
     """
     Put a node together from its checked configuration and keys.  Layers are
     added here, in dependency order, each as a child service of the node.
+
+    @param schemes: the validation schemes (default: loaded from the config).
+    @raise ConfigError: if the store cannot be opened or a scheme loaded.
     """
     node = Node(config, keys, reactor)
+    host = keys.host.public
+    members = node.directory.host_keys()
+
+    # State: first in, last out (see Node.stopService).
+    node.db = open_store(config, reactor)
+    node.store = StoreService(node.db)
+    node.store.setName("store")
+    node.store.setServiceParent(node)
+    node.keystore = KeyStore(node.db)
+    node.nonces = NonceStore(node.db)
+    node.datalog = DataLog(node.db, host, limits=log_limits(config), retention=retention(config))
+    node.schemes = dict(schemes) if schemes is not None else load_validation(config)
+
+    if config.metrics.enabled:
+        node.metrics = node_metrics(Registry())
+
+    # Links and broadcast.
     node.peers = PeerNetwork(reactor, keys.host, keys.noise.secret, node.directory,
                              serverFromString(reactor, config.peer.listen), link_config(config))
+    node.peers.setName("peers")
+    node.peers.add_link_observer(node._link_changed)
     node.peers.setServiceParent(node)
+    core, batch_bytes = broadcast_config(config, len(members))
+    node.broadcast = ReliableBroadcast(node.peers, members, reactor, config=core, max_batch_bytes=batch_bytes)
+    node.broadcast.setName("broadcast")
+    node.broadcast.setServiceParent(node)
+
+    # Protocols.  DKG (driver + scheduler), sync and signing attach here as
+    # their drivers land: frostnode.dkg, frostnode.sync, frostnode.signing.
+
+    if retention(config) != Retention():
+        pruner = Pruner(node.datalog, reactor, config.store.prune_interval)
+        pruner.setName("pruner")
+        pruner.setServiceParent(node)
+
+    # Ports facing outside: client and HTTP (frostnode.client) and Tor
+    # (frostnode.tor) attach here as they land.
+    if node.metrics is not None:
+        registry = node.metrics.registry
+        watch_peer_network(registry, node.peers)
+        node.metrics_service = MetricsService(registry, serverFromString(reactor, config.metrics.listen),
+                                              config.metrics.listen)
+        node.metrics_service.setName("metrics")
+        node.metrics_service.setServiceParent(node)
     return node
 
 
@@ -206,5 +483,8 @@ def makeService(options: Options) -> MultiService:
     """twistd's entry point: the node built from the options' checked config."""
     from twisted.internet import reactor
 
-    node = build_node(options.node_config, options.node_keys, reactor)
+    try:
+        node = build_node(options.node_config, options.node_keys, reactor, options.node_schemes)
+    except ConfigError as e:
+        raise SystemExit(f"frostnode: {e}") from None
     return _TwistdRoot(node, getattr(options, "parent", None))

@@ -123,7 +123,28 @@ class InitCardTests(SynchronousTestCase):
         status, out, err = run("check", "--config", str(paths[1]))
         self.assertEqual((status, err), (0, ""))
         host = load_host_key(paths[1].parent / "host.key")
-        self.assertEqual(out, f"{paths[1]}: OK: member {host.public.hex()}, one of 3, threshold 2\n")
+        self.assertEqual(out, f"{paths[1]}: OK: member {host.public.hex()}, one of 3, threshold 2, "
+                              "validation schemes ledger, record\n")
+
+    def test_check_locked_store(self) -> None:
+        """A store held by a running node (here: this test) is one line naming the data directory."""
+        from frostnode.store.db import Database
+
+        paths = make_federation(self.base, 3, 2)
+        db = Database.open(paths[0].parent)
+        self.addCleanup(db.close_sync)
+        status, out, err = run("check", "--config", str(paths[0]))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"frostnode: {paths[0]}: [node] data_dir store cannot be opened: "
+                              f"{paths[0].parent / 'state.lmdb'} is in use by another frostnode process or open store\n")
+
+    def test_check_unknown_scheme(self) -> None:
+        paths = make_federation(self.base, 3, 2)
+        paths[0].write_text(paths[0].read_text() + '\n[validation]\nschemes = ["record", "tests.nowhere:scheme"]\n')
+        status, out, err = run("check", "--config", str(paths[0]))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"frostnode: {paths[0]}: [validation] schemes[1] ('tests.nowhere:scheme') "
+                              "module 'tests.nowhere' not found\n")
 
     def test_check_fresh_member(self) -> None:
         """A member that has no federation yet is told what to add."""

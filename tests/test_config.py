@@ -124,6 +124,11 @@ class GoodConfigTests(SynchronousTestCase):
         self.assertEqual((c.log.format, c.log.level), ("text", LogLevel.info))
         self.assertEqual(c.validation.schemes, ())
         self.assertEqual((c.limits.max_message_size, c.limits.peer_queue_size), (16 * 2**20, 65536))
+        self.assertEqual(c.limits.max_broadcast_size, 2 * 2**20)
+        self.assertEqual((c.store.map_size, c.store.max_map_size), (2**30, 64 * 2**30))
+        self.assertEqual((c.store.max_payload, c.store.max_range), (2**20, 10_000))
+        self.assertEqual((c.store.retention_age, c.store.retention_per_origin, c.store.prune_interval),
+                         (None, None, 600.0))
 
     def test_everything_set(self) -> None:
         cards = [make_card(9000 + i) for i in range(4)]
@@ -191,6 +196,16 @@ max_message_size = "4MiB"
 peer_queue_size = 50
 max_pending_broadcasts = 60
 max_buffered_messages = 70
+max_broadcast_size = "1MiB"
+
+[store]
+map_size = "256MiB"
+max_map_size = "8GiB"
+max_payload = "512KiB"
+max_range = 500
+retention_age = "90d"
+retention_per_origin = 1000000
+prune_interval = "1h"
 
 [validation]
 schemes = ["accept-all", "utxo"]
@@ -218,7 +233,11 @@ schemes = ["accept-all", "utxo"]
                          (True, "/usr/sbin/tor", "tcp:127.0.0.1:9050", 19000, True))
         self.assertEqual((c.log.format, c.log.level), ("json", LogLevel.debug))
         self.assertEqual((c.limits.max_message_size, c.limits.peer_queue_size, c.limits.max_pending_broadcasts,
-                          c.limits.max_buffered_messages), (4 * 2**20, 50, 60, 70))
+                          c.limits.max_buffered_messages, c.limits.max_broadcast_size), (4 * 2**20, 50, 60, 70, 2**20))
+        self.assertEqual((c.store.map_size, c.store.max_map_size, c.store.max_payload, c.store.max_range),
+                         (256 * 2**20, 8 * 2**30, 512 * 1024, 500))
+        self.assertEqual((c.store.retention_age, c.store.retention_per_origin, c.store.prune_interval),
+                         (90 * 86400.0, 1_000_000, 3600.0))
         self.assertEqual(c.validation.schemes, ("accept-all", "utxo"))
 
     def test_key_defaults_follow_data_dir(self) -> None:
@@ -351,6 +370,26 @@ class BadConfigTests(SynchronousTestCase):
                        "is not a valid listen endpoint ('tcp:http': invalid literal for int() with base 10: 'http')")
         self.assertBad('[tor]\ncontrol_port = "carrier-pigeon:1"\n', "[tor] control_port",
                        "is not a valid client endpoint ('carrier-pigeon:1': Unknown endpoint type: 'carrier-pigeon')")
+
+    def test_inconsistent_sizes(self) -> None:
+        """Sizes that cannot nest (a record in a broadcast in a link message) name the key to change."""
+        self.assertBad('[limits]\nmax_message_size = "64KiB"\nmax_broadcast_size = "64KiB"\n',
+                       "[limits] max_broadcast_size",
+                       "must be at most max_message_size minus 1KiB (64512), so that a broadcast fits in one link "
+                       "message (got 65536)")
+        self.assertBad('[store]\nmax_payload = "2MiB"\n', "[store] max_payload",
+                       "must be at most [limits] max_broadcast_size minus 4KiB (2093056), so that a record fits in "
+                       "one broadcast (got 2097152)")
+        self.assertBad('[store]\nmap_size = "2GiB"\nmax_map_size = "1GiB"\n', "[store] max_map_size",
+                       "must not be smaller than map_size (1073741824 < 2147483648)")
+        self.assertBad('[store]\nmap_size = 4096\n', "[store] map_size", "must be at least 65536 bytes (got 4096)")
+        self.assertBad('[store]\nretention_per_origin = -1\n', "[store] retention_per_origin", "must be >= 0 (got -1)")
+
+    def test_sizes_follow_smaller_messages(self) -> None:
+        """Shrinking the link messages shrinks the defaults under them instead of failing."""
+        self.path.write_text('[limits]\nmax_message_size = "64KiB"\n')
+        c = load_config(self.path)
+        self.assertEqual((c.limits.max_broadcast_size, c.store.max_payload), (63 * 1024, 59 * 1024))
 
     def test_inconsistent_timers(self) -> None:
         self.assertBad('[peer]\nidle_timeout = "10s"\nkeepalive_interval = "10s"\n', "[peer] keepalive_interval",

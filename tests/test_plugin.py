@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Generator
 
-from twisted.application.service import Application, IService, IServiceMaker, MultiService
+from twisted.application.service import Application, IService, IServiceMaker, MultiService, Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.error import ProcessTerminated
@@ -33,6 +33,8 @@ from frostnode.config import LogSection
 from frostnode.keys import load_host_key
 from frostnode.logging import event_as_json, make_observer, twistd_log_file
 from frostnode.net.peers import PeerNetwork
+from frostnode.store.errors import StoreError
+from frostnode.store.log import RecordBody, Retention
 
 from tests.test_config import make_federation
 
@@ -80,20 +82,35 @@ class NodeServiceTests(SynchronousTestCase):
         self.options = tap.Options()
         self.options.parseOptions(["--config", str(self.paths[0])])
 
+    def build(self, reactor: Any) -> tap.Node:
+        """A node whose store is closed when the test ends, whatever happens."""
+        node = tap.build_node(self.options.node_config, self.options.node_keys, reactor)
+        self.addCleanup(lambda: node.db.close())
+        return node
+
     def test_make_service(self) -> None:
         """twistd gets the node, inside a root service that sets up logging."""
         service = tap.makeService(self.options)
-        self.assertIsInstance(service, MultiService)
         node = service.getServiceNamed("node")
+        self.addCleanup(lambda: node.db.close())
+        self.assertIsInstance(service, MultiService)
         self.assertIsInstance(node, tap.Node)
         self.assertIs(node.config, self.options.node_config)
         self.assertIs(node.keys, self.options.node_keys)
         self.assertEqual(len(node.directory), 3)
 
+    def test_daemon_mode_refused(self) -> None:
+        """twistd without -n would fork away the store's writer thread: one line, before anything starts."""
+        options = tap.Options()
+        options.parent = {"nodaemon": False}
+        e = self.assertRaises(SystemExit, options.parseOptions, ["--config", str(self.paths[0])])
+        self.assertIn("frostnode: run it in the foreground, `twistd -n frostnode --config ...`", e.code)
+        self.assertNotIn("\n", e.code)
+
     def test_peer_network(self) -> None:
         """The node's links are built from its keys, members, [peer] and [limits]."""
         config = self.options.node_config
-        node = tap.build_node(config, self.options.node_keys, MemoryReactorClock())
+        node = self.build(MemoryReactorClock())
         self.assertIsInstance(node.peers, PeerNetwork)
         self.assertIs(node.peers.parent, node)
         self.assertEqual(node.peers.local, self.options.node_keys.host.public)
@@ -102,13 +119,61 @@ class NodeServiceTests(SynchronousTestCase):
         self.assertEqual((node.peers.config.max_message_size, node.peers.config.peer_queue_size,
                           node.peers.config.idle_timeout), (16 * 2**20, 65536, 60.0))
 
+    def test_layers(self) -> None:
+        """Store, broadcast and validation schemes are built from the config, each a service of the node."""
+        node = self.build(MemoryReactorClock())
+        config = self.options.node_config
+        self.assertEqual(node.db.path, config.node.data_dir / "state.lmdb")
+        self.assertIs(node.store.parent, node)
+        self.assertEqual(node.datalog.local, self.options.node_keys.host.public)
+        self.assertEqual((node.datalog.limits.max_payload, node.datalog.limits.max_range), (2**20, 10_000))
+        self.assertEqual(node.datalog.retention, Retention())
+        self.assertIsNone(node.keystore.newest_usable())
+        self.assertEqual(node.nonces.counts(), {})
+        self.assertIs(node.broadcast.parent, node)
+        self.assertEqual(node.broadcast.core.members, sorted(node.directory.host_keys()))
+        self.assertIn(node.broadcast.core.config.max_payload, (2 * 2**20,))
+        self.assertEqual(node.broadcast.max_batch_bytes, 60 * 1024)
+        self.assertEqual(set(node.schemes), {"record", "ledger"})
+        self.assertIsNone(node.metrics)
+        self.assertIsNone(node.metrics_service)
+        # Stopped last: the store is the first child.
+        self.assertIs(list(node)[0], node.store)
+
+    def test_broadcast_limits(self) -> None:
+        """[limits] max_pending_broadcasts is shared among the members; batches fit in link messages."""
+        config = _with_limits(self.options.node_config, max_message_size=32 * 1024, max_pending_broadcasts=90,
+                              max_broadcast_size=8 * 1024)
+        core, batch = tap.broadcast_config(config, 3)
+        self.assertEqual((core.max_payload, core.max_open_per_origin, core.max_unconfirmed_per_member), (8192, 30, 30))
+        self.assertEqual(batch, 31 * 1024)
+        core, batch = tap.broadcast_config(self.options.node_config, 5)
+        self.assertEqual((core.max_open_per_origin, batch), (2000, 60 * 1024))
+        core, _ = tap.broadcast_config(_with_limits(self.options.node_config, max_pending_broadcasts=1), 5)
+        self.assertEqual(core.max_open_per_origin, 16)
+
+    def test_metrics_enabled(self) -> None:
+        """With [metrics] enabled the endpoint serves the links' numbers."""
+        from dataclasses import replace
+        from frostnode.config import MetricsSection
+
+        self.options.node_config = replace(self.options.node_config,
+                                           metrics=MetricsSection(True, "tcp:0:interface=127.0.0.1"))
+        reactor = MemoryReactorClock()
+        node = self.build(reactor)
+        self.assertIs(node.metrics_service.parent, node)
+        text = node.metrics.registry.render()
+        self.assertIn("frostnode_links_up 0", text)
+        self.assertIn("frostnode_peers 2", text)
+        self.assertIn("frostnode_dkg_runs_total 0", text)
+
     def test_start_and_stop(self) -> None:
         """
         The node logs each step with its host key, and "running" once the
         reactor runs and the peer port is bound; stopping closes the port.
         """
         reactor = MemoryReactorClock()
-        node = tap.build_node(self.options.node_config, self.options.node_keys, reactor)
+        node = self.build(reactor)
         with capturedLogs() as events:
             node.startService()
             self.assertTrue(node.running)
@@ -119,6 +184,7 @@ class NodeServiceTests(SynchronousTestCase):
             self.successResultOf(node.stopService())
         self.assertFalse(node.running)
         self.assertFalse(node.peers.running)
+        self.assertFalse(node.broadcast.running)
         mine = [e for e in events if e["log_namespace"] == "frostnode.tap.Node"]
         self.assertEqual([e["log_format"] for e in mine], [
             "frostnode {host_key} starting: {members} members, threshold {threshold}, "
@@ -127,6 +193,31 @@ class NodeServiceTests(SynchronousTestCase):
             "frostnode {host_key} stopping", "frostnode {host_key} stopped"])
         self.assertEqual({e["host_key"] for e in mine}, {node.keys.host.public.hex()})
         self.assertEqual((mine[0]["members"], mine[0]["threshold"]), (3, 2))
+        # The store is closed: a write is refused.
+        self.assertRaises(StoreError, node.datalog.append_local_sync, _body(), 1.0)
+
+    def test_store_closes_after_the_other_layers(self) -> None:
+        """A layer still stopping keeps the store open for its last writes; then the store closes."""
+        node = self.build(MemoryReactorClock())
+        slow = _SlowService()
+        slow.setServiceParent(node)
+        node.startService()
+        stopped = node.stopService()
+        self.assertNoResult(stopped)
+        keys = node.keystore
+        keys.save_session_sync(b"s" * 32, b"state written while another layer stops")
+        slow.done.callback(None)
+        self.successResultOf(stopped)
+        self.assertRaises(StoreError, keys.save_session_sync, b"t" * 32, b"too late")
+
+    def test_links_logged_with_host_keys(self) -> None:
+        """Peer up/down events carry the peer's full host key and the count of links up."""
+        node = self.build(MemoryReactorClock())
+        others = [k for k in node.directory.host_keys() if k != node.keys.host.public]
+        with capturedLogs() as events:
+            node._link_changed(others[0], True)
+        self.assertEqual([(e["peer"], e["links_up"], e["peers"]) for e in events], [(others[0].hex(), 0, 2)])
+        self.assertEqual(events[0]["log_format"], "peer {peer} up ({links_up} of {peers} links up)")
 
     def test_log_observer_for_twistd(self) -> None:
         """Under twistd, [log] picks the format of the file twistd's options name."""
@@ -135,9 +226,11 @@ class NodeServiceTests(SynchronousTestCase):
         self.addCleanup(signal.signal, signal.SIGUSR1, old)
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         self.options.node_config = _with_log(self.options.node_config, LogSection("json", LogLevel.warn))
-        self.options.parent = {"logfile": str(log_path), "nodaemon": False}
+        self.options.parent = {"logfile": str(log_path), "nodaemon": True}
         application = Application("frostnode")
-        tap.makeService(self.options).setServiceParent(application)
+        service = tap.makeService(self.options)
+        self.addCleanup(lambda: service.getServiceNamed("node").db.close())
+        service.setServiceParent(application)
         observer = application.getComponent(ILogObserver)
         self.assertIsNotNone(observer)
         self.assertIsInstance(IService(application).getServiceNamed("frostnode").getServiceNamed("node"), tap.Node)
@@ -152,12 +245,66 @@ class NodeServiceTests(SynchronousTestCase):
     def test_twistd_logger_option_wins(self) -> None:
         self.options.parent = {"logger": "some.module.observer", "nodaemon": True}
         application = Application("frostnode")
-        tap.makeService(self.options).setServiceParent(application)
+        service = tap.makeService(self.options)
+        self.addCleanup(lambda: service.getServiceNamed("node").db.close())
+        service.setServiceParent(application)
         self.assertIsNone(application.getComponent(ILogObserver, None))
+
+
+class _SlowService(Service):
+    """A layer whose stop takes until the test says so."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.done
+
+
+def _body() -> RecordBody:
+    return RecordBody(client_key=b"c" * 32, topic="t", payload=b"p", timestamp=1)
+
+
+class PrunerTests(SynchronousTestCase):
+    """Retention runs on the injected clock; a failing round does not stop the next."""
+
+    def test_prunes_on_schedule(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        pruned: list[float] = []
+
+        class Log:
+            def prune(self, now: float) -> Deferred[int]:
+                pruned.append(now)
+                if len(pruned) == 1:
+                    from twisted.internet.defer import fail
+                    return fail(RuntimeError("disk on fire"))
+                return succeed(3)
+
+        pruner = tap.Pruner(Log(), clock, 60.0)  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            pruner.startService()
+            clock.advance(59)
+            self.assertEqual(pruned, [])
+            clock.advance(1)
+            clock.advance(60)
+            pruner.stopService()
+            clock.advance(600)
+        self.assertEqual(pruned, [60.0, 120.0])
+        self.assertEqual([e["log_format"] for e in events], [
+            "pruning the log failed; trying again in {interval}s", "pruned {removed} log records past retention"])
+        self.flushLoggedErrors(RuntimeError)
 
 
 def _port_of(listen: str) -> int:
     return int(listen.split(":")[1])
+
+
+def _with_limits(config: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+    return replace(config, limits=replace(config.limits, **changes))
 
 
 def _with_log(config: Any, log: LogSection) -> Any:

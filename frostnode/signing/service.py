@@ -9,8 +9,10 @@ One service per node plays both roles:
  - B{Coordinator} for the requests its clients make (L{SigningService.sign}):
    it runs the scheme on its own view, proposes the message digest, and runs
    ROAST over the members, taking nonce commitments from its
-   L{CoordinatorPool}.  It verifies every share as it arrives, and the
-   final signature before answering.
+   L{CoordinatorPool}.  No share is trusted unchecked: each is verified
+   before its sender is picked again, and a session's aggregate is checked
+   as a signature under the key (naming every bad share if it fails) before
+   it is answered (see L{frostnode.signing.roast}).
  - B{Signer} for every coordinator (itself included, through a local
    queue rather than the links): it decides with L{Signer.handle} on its
    own view and, to sign, reserves the nonce in the L{NonceStore} I{first}:
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
@@ -349,8 +351,8 @@ class SigningService(Service):
         return st
 
     def status(self) -> dict[bytes, MemberStatus]:
-        """Every member's signing status (for the C{status} command)."""
-        return {mem: self._st(mem) for mem in self.members()}
+        """Every member's signing status (for the C{status} command); copies."""
+        return {mem: replace(self._st(mem)) for mem in self.members()}
 
     def forgive(self, member: bytes) -> None:
         """Let a member marked misbehaving be picked again."""

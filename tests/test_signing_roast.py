@@ -363,6 +363,15 @@ class RoastTests(SynchronousTestCase):
         h.nonces.stock[0].append(("x", "y"))  # type: ignore[arg-type]
         self.assertEqual(r.nonces_arrived(), [roast.NeedNonces((1, 2, 3, 4))])
 
+    def test_timeout_names_members_without_nonces(self) -> None:
+        h = Harness(3, 5, per_member=0)
+        for i in (0, 1):
+            h.nonces.stock[i] = MemoryNonces(h.key, h.shares, h.coordinator, 1).stock[i]
+        r = roast.RoastCoordinator(h.key, h.suite, h.message, list(range(5)), h.nonces)
+        r.start()
+        (failed,) = r.expire()
+        self.assertEqual((failed.code, failed.report.unresponsive), ("timeout", [2, 3, 4]))
+
     def test_too_few_candidates(self) -> None:
         h = Harness(3, 5)
         result = h.run(candidates=[0, 1])

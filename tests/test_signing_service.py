@@ -399,6 +399,25 @@ class SigningServiceTests(TestCase):
             self.assertTrue(verify_bip340(await fed.service(0).sign("echo", b"after %d" % k)))
 
     @asynctest
+    async def test_new_epoch_signs_once_certified(self) -> None:
+        """A DKG certifies epoch 4 on every member: after epochs_changed() signatures use its key."""
+        fed = Federation(self)
+        await fed.warm()
+        group_key, packages = trusted_dealer_keygen(T, N)
+        internal = group_key.encode()
+        output = bip445.get_xonly_pk(bip445.taproot_tweak_ctx(internal))
+        for node in fed.nodes:
+            i = node.index
+            node.keys.put_pending_sync(EpochRecord(
+                EPOCH + 1, b"dkg-2", tuple(fed.members), T, i + 1, packages[i + 1].secret_share.to_bytes(32, "big"),
+                b"", tuple(packages[j + 1].verification_share.encode() for j in range(N)), internal, output, 1.0))
+            node.keys.certify_sync(EPOCH + 1, b"test certificate", 1.0)
+            node.service.epochs_changed()
+        result = await fed.service(3).sign("echo", b"new key")
+        self.assertEqual((result.epoch, result.key), (EPOCH + 1, output))
+        self.assertTrue(verify_bip340(result))
+
+    @asynctest
     async def test_unknown_scheme_and_suite_are_caller_errors(self) -> None:
         fed = Federation(self)
         with self.assertRaises(ValueError):

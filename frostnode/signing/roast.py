@@ -448,11 +448,15 @@ class RoastCoordinator:
     def expire(self) -> list[Action]:
         """
         The request's deadline passed.  With a signature in hand (audit still
-        waiting) that is the result; otherwise C{timeout}.
+        waiting) that is the result; otherwise C{timeout}, naming the members
+        still awaited and those we never got a nonce commitment from.
         """
         if self.result is not None:
             return []
         if self._signature is not None:
             return self._finish(self._signature)
-        waiting = self.waiting_on()
-        return self._finish(Failed(TIMEOUT, f"{len(waiting)} members did not answer in time", self.report))
+        starving = {i for i in self.responsive if self.nonces.available(i) == 0}
+        silent = sorted(set(self.waiting_on()) | starving)
+        actions = self._finish(Failed(TIMEOUT, f"{len(silent)} members did not answer in time", self.report))
+        self.report.unresponsive = silent
+        return actions

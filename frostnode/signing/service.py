@@ -377,9 +377,19 @@ class SigningService(Service):
             st.state, st.detail = "unresponsive", what
 
     def epochs_changed(self) -> None:
-        """The DKG driver stored, certified, confirmed or retired an epoch: re-read keys now."""
+        """
+        The DKG driver stored, certified, confirmed or retired an epoch:
+        re-read keys now, and forget the in-memory nonce pools of epochs that
+        can no longer sign (their unspent nonces stay in the store, harmless,
+        until the store drops the epoch).
+        """
         self._shares.clear()
         self._newest = None
+        usable = {rec.epoch for rec in self.keys.usable()}
+        for epoch in self._loaded_epochs - usable:
+            self.pool.drop_epoch(epoch)
+            self.issuer.drop_epoch(epoch)
+        self._loaded_epochs &= usable
 
     def _signing_share(self, epoch: int) -> Optional[SigningShare]:
         now = self.clock.seconds()

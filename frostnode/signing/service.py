@@ -84,7 +84,8 @@ from frostnode.signing.roast import (
 from frostnode.signing.signer import Answer, NeedData, Ready, Scheme, Signer, verify_verdict
 from frostnode.signing.suites import BIP445, AGGNONCE_SIZE, EpochKey, SigningShare, Suite, get_suite
 from frostnode.store.errors import NonceSpent, UnknownNonce
-from frostnode.store.nonces import NonceEntry
+from frostnode.store.keys import KeyStore
+from frostnode.store.nonces import NonceEntry, NonceStore
 from frostnode.validation.interface import MissingData, Rejection, scheme_message
 
 
@@ -248,8 +249,8 @@ class SigningService(Service):
         links: ILinks,
         members: Any,
         host: HostKeypair,
-        keys: Any,
-        nonces: Any,
+        keys: KeyStore,
+        nonces: NonceStore,
         view: Any,
         schemes: Mapping[str, Scheme],
         clock: IReactorTime,

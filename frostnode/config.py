@@ -39,9 +39,12 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import InvalidLogLevelError, LogLevel
 
+from frostnode.crypto.bip340 import NETWORK_HRP
 from frostnode.identity import AddressCard, InvalidCard, MemberDirectory
 
 CIPHERSUITES = ("bip445", "rfc9591")
+#: Bitcoin networks for the federation's P2TR address.
+NETWORKS = tuple(NETWORK_HRP)
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = tuple(level.name for level in LogLevel.iterconstants())
 #: How far ahead of its acknowledged messages a peer's link accepts message
@@ -111,6 +114,7 @@ class FederationSection:
     threshold: Optional[int]
     members: tuple[AddressCard, ...]
     ciphersuite: str
+    network: str
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class DkgSection:
     interval: float
     min_spacing: float
     round_timeout: float
+    join_grace: float
+    retry_delay: float
+    max_attempts: int
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ class TorSection:
     onion_key_file: Path
     onion_port: int
     publish_client: bool
+    client_onion_port: int
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,19 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class SigningSection:
+    """
+    How long signing may take, and the federation's own checkpoints.
+
+    @ivar checkpoint_interval: seconds between checkpoints, or C{None} for none.
+    """
+
+    session_timeout: float
+    request_timeout: float
+    checkpoint_interval: Optional[float]
+
+
+@dataclass(frozen=True)
 class ValidationSection:
     """The validation schemes this node runs before it signs."""
 
@@ -234,6 +255,7 @@ class Config:
     log: LogSection
     limits: LimitsSection
     store: StoreSection
+    signing: SigningSection
     validation: ValidationSection
 
     def member_directory(self) -> MemberDirectory:
@@ -545,7 +567,8 @@ def _read_federation(t: _Table) -> FederationSection:
             raise t.error("threshold", "is set but [federation] members is empty")
         raise t.error("threshold", f"must be <= number of members ({len(cards)})")
     ciphersuite = t.string("ciphersuite", "bip445", CIPHERSUITES)
-    return FederationSection(threshold, cards, ciphersuite)
+    network = t.string("network", "mainnet", NETWORKS)
+    return FederationSection(threshold, cards, ciphersuite, network)
 
 
 def _read_dkg(t: _Table) -> DkgSection:
@@ -553,7 +576,11 @@ def _read_dkg(t: _Table) -> DkgSection:
     spacing = t.duration("min_spacing", 14 * 86400.0, positive=False)
     if interval < spacing:
         raise t.error("interval", f"must not be shorter than min_spacing ({format_duration(interval)} < {format_duration(spacing)})")
-    return DkgSection(interval, spacing, t.duration("round_timeout", 120.0))
+    grace = t.duration("join_grace", min(600.0, spacing), positive=False)
+    if grace > spacing:
+        raise t.error("join_grace", f"must not be longer than min_spacing ({format_duration(grace)} > {format_duration(spacing)})")
+    return DkgSection(interval, spacing, t.duration("round_timeout", 120.0), grace,
+                      t.duration("retry_delay", 3600.0, positive=False), t.integer("max_attempts", 8, minimum=1))
 
 
 def _read_client(t: _Table) -> ClientSection:
@@ -585,6 +612,7 @@ def _read_tor(t: _Table, data_dir: Path) -> TorSection:
         onion_key_file=t.path("onion_key_file", data_dir / "onion.key"),
         onion_port=t.integer("onion_port", 9000, minimum=1, maximum=65535),
         publish_client=t.boolean("publish_client", False),
+        client_onion_port=t.integer("client_onion_port", 9001, minimum=1, maximum=65535),
     )
 
 
@@ -637,6 +665,15 @@ def _read_store(t: _Table, limits: LimitsSection) -> StoreSection:
     )
 
 
+def _read_signing(t: _Table) -> SigningSection:
+    session = t.duration("session_timeout", 1.0)
+    request = t.duration("request_timeout", 10.0)
+    if request < session:
+        raise t.error("request_timeout", f"must not be shorter than session_timeout ({format_duration(request)} < {format_duration(session)})")
+    checkpoint = t.duration("checkpoint_interval", 0.0, positive=False)
+    return SigningSection(session, request, checkpoint or None)
+
+
 def _read_validation(t: _Table) -> ValidationSection:
     return ValidationSection(t.strings("schemes", ()))
 
@@ -647,18 +684,19 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "node": ("data_dir", "host_key_file", "noise_key_file"),
     "peer": ("listen", "addresses", "handshake_timeout", "idle_timeout", "keepalive_interval",
              "max_reconnect_delay"),
-    "federation": ("threshold", "members", "ciphersuite"),
-    "dkg": ("interval", "min_spacing", "round_timeout"),
+    "federation": ("threshold", "members", "ciphersuite", "network"),
+    "dkg": ("interval", "min_spacing", "round_timeout", "join_grace", "retry_delay", "max_attempts"),
     "client": ("enabled", "listen", "max_request_size", "max_in_flight", "rate", "burst"),
     "http": ("enabled", "listen"),
     "metrics": ("enabled", "listen"),
     "tor": ("enabled", "control_port", "tor_binary", "data_directory", "socks_port", "onion_key_file",
-            "onion_port", "publish_client"),
+            "onion_port", "publish_client", "client_onion_port"),
     "log": ("format", "level"),
     "limits": ("max_message_size", "peer_queue_size", "max_pending_broadcasts", "max_buffered_messages",
                "max_broadcast_size"),
     "store": ("map_size", "max_map_size", "max_payload", "max_range", "retention_age", "retention_per_origin",
               "prune_interval"),
+    "signing": ("session_timeout", "request_timeout", "checkpoint_interval"),
     "validation": ("schemes",),
 }
 
@@ -725,6 +763,7 @@ def config_from_string(text: str | bytes, source: str = "node.toml") -> Config:
         log=_read_log(tables["log"]),
         limits=limits,
         store=_read_store(tables["store"], limits),
+        signing=_read_signing(tables["signing"]),
         validation=_read_validation(tables["validation"]),
     )
     return config

@@ -53,24 +53,32 @@ import lmdb
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
-from twisted.python.failure import Failure
 
 from frostnode import logging as node_logging
 from frostnode.broadcast.bracha import BrachaConfig
 from frostnode.broadcast.service import ReliableBroadcast
+from frostnode.client.service import ClientService, build_client_service
 from frostnode.config import BROADCAST_FRAMING, Config, ConfigError, check_data_dir, load_config
+from frostnode.dkg.driver import DkgService
+from frostnode.dkg.run import RunConfig
+from frostnode.dkg.scheduler import SchedulePolicy
+from frostnode.dkg.session import Timeouts
+from frostnode.dkg.storage import KeyStoreDkgStorage
 from frostnode.keys import NodeKeys, check_membership, load_node_keys
-from frostnode.metrics import MetricsService, NodeMetrics, Registry, node_metrics, watch_peer_network
+from frostnode.metrics import MetricsService, Registry, watch_peer_network, watch_sync_lag
 from frostnode.net.peers import LinkConfig, PeerNetwork
+from frostnode.signing.service import SigningConfig, SigningService
 from frostnode.store.db import Database, StoreService
 from frostnode.store.errors import StoreError
 from frostnode.store.keys import KeyStore
 from frostnode.store.log import DataLog, LogLimits, Retention
 from frostnode.store.nonces import NonceStore
+from frostnode.sync.service import SyncConfig, SyncService
+from frostnode.tor import OnionPort, TorService, check_tor_config
+from frostnode.validation.interface import DataLogView
 from frostnode.validation.registry import LoadedScheme, SchemeLoadError, load_schemes
 
 #: The broadcast service's soft cap on one links payload (its own default).
@@ -118,6 +126,7 @@ def load_node(path: str) -> tuple[Config, NodeKeys, dict[str, LoadedScheme]]:
     keys = load_node_keys(config)
     check_membership(config, keys)
     link_config(config)
+    check_tor_config(config)
     check_store(config)
     schemes = load_validation(config)
     return config, keys, schemes
@@ -163,6 +172,37 @@ def broadcast_config(config: Config, members: int) -> tuple[BrachaConfig, int]:
         max_unconfirmed_per_member=per_member,
     )
     return core, max(1, min(BROADCAST_BATCH_BYTES, limits.max_message_size - BROADCAST_FRAMING))
+
+
+def dkg_settings(config: Config) -> tuple[SchedulePolicy, RunConfig]:
+    """
+    The DKG's schedule and run limits from C{[dkg]}.  Every phase may take
+    C{round_timeout}, except the reveal after a complaint (one message from
+    one member), which gets half.
+    """
+    d = config.dkg
+    policy = SchedulePolicy(interval=d.interval, min_spacing=d.min_spacing, join_grace=d.join_grace,
+                            retry_delay=d.retry_delay)
+    timeouts = Timeouts(round1=d.round_timeout, round2=d.round_timeout, reveal=d.round_timeout / 2,
+                        agreement=d.round_timeout)
+    return policy, RunConfig(timeouts, max_attempts=d.max_attempts)
+
+
+def sync_config(config: Config) -> SyncConfig:
+    """
+    Replication limits from C{[limits]} and C{[store]}: a batch may fill a
+    whole broadcast (so one record of C{[store] max_payload} always fits,
+    see L{frostnode.config}) and a catch-up page a whole link message.
+    """
+    return SyncConfig(max_batch_bytes=config.limits.max_broadcast_size,
+                      max_page_bytes=min(SyncConfig.max_page_bytes, config.limits.max_message_size),
+                      prune_interval=config.store.prune_interval)
+
+
+def signing_config(config: Config) -> SigningConfig:
+    s = config.signing
+    return SigningConfig(session_timeout=s.session_timeout, request_timeout=s.request_timeout,
+                         checkpoint_interval=s.checkpoint_interval)
 
 
 def log_limits(config: Config) -> LogLimits:
@@ -217,43 +257,6 @@ def load_validation(config: Config) -> dict[str, LoadedScheme]:
         raise config.error("[validation] schemes", e.problem) from None
 
 
-class Pruner(Service):
-    """
-    Applies the log's retention rules every C{[store] prune_interval}.  A
-    failed round is logged and the next one runs as planned.
-    """
-
-    log = Logger()
-
-    def __init__(self, datalog: DataLog, clock: Any, interval: float) -> None:
-        self.datalog = datalog
-        self.clock = clock
-        self.interval = interval
-        self._loop = LoopingCall(self._prune)
-        self._loop.clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-
-    def _prune(self) -> Deferred:
-        d = self.datalog.prune(self.clock.seconds())
-        d.addCallbacks(self._pruned, self._failed)
-        return d
-
-    def _pruned(self, removed: int) -> None:
-        if removed:
-            self.log.info("pruned {removed} log records past retention", removed=removed)
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure("pruning the log failed; trying again in {interval}s", failure, interval=self.interval)
-
-
 class Node(MultiService):
     """
     One federation member's services.  Attributes name the layers' services
@@ -271,14 +274,14 @@ class Node(MultiService):
     @ivar schemes: validation schemes by name.
     @ivar peers: the member-to-member links.
     @ivar broadcast: reliable broadcast over C{peers}.
-    @ivar metrics: the node's metrics, when C{[metrics]} is enabled.
+    @ivar metrics: the node's metrics registry, when C{[metrics]} is enabled.
     @ivar metrics_service: the metrics endpoint, when enabled.
     @ivar dkg: key generation (driver and scheduler).
     @ivar sync: the replicated log's broadcast and catch-up.
     @ivar signing: threshold signing.
-    @ivar client: the Noise client port.
-    @ivar http: the local HTTP API.
-    @ivar tor: onion services and Tor dialling.
+    @ivar client: the client layer: C{client.port} (Noise) and C{client.http}
+        (the local HTTP API), each C{None} when disabled.
+    @ivar tor: onion services and Tor dialling, when C{[tor]} is enabled.
     """
 
     log = Logger()
@@ -298,14 +301,13 @@ class Node(MultiService):
         self.schemes: Mapping[str, LoadedScheme] = {}
         self.peers: Optional[PeerNetwork] = None
         self.broadcast: Optional[ReliableBroadcast] = None
-        self.metrics: Optional[NodeMetrics] = None
+        self.metrics: Optional[Registry] = None
         self.metrics_service: Optional[MetricsService] = None
-        self.dkg: Any = None
-        self.sync: Any = None
-        self.signing: Any = None
-        self.client: Any = None
-        self.http: Any = None
-        self.tor: Any = None
+        self.dkg: Optional[DkgService] = None
+        self.sync: Optional[SyncService] = None
+        self.signing: Optional[SigningService] = None
+        self.client: Optional[ClientService] = None
+        self.tor: Optional[TorService] = None
         self._all_up = False
 
     @property
@@ -331,8 +333,9 @@ class Node(MultiService):
 
     def _ports(self) -> dict[str, Any]:
         """The services with a port, by the name the "running" line gives it."""
-        ports = {"peer_port": self.peers, "client_port": self.client, "http_port": self.http,
-                 "metrics_port": self.metrics_service}
+        client = self.client
+        ports = {"peer_port": self.peers, "client_port": client.port if client is not None else None,
+                 "http_port": client.http if client is not None else None, "metrics_port": self.metrics_service}
         return {name: s for name, s in ports.items() if s is not None and hasattr(s, "when_listening")}
 
     def _running(self) -> None:
@@ -397,12 +400,14 @@ class Node(MultiService):
 
 
 def build_node(config: Config, keys: NodeKeys, reactor: Any,
-               schemes: Optional[Mapping[str, LoadedScheme]] = None) -> Node:
+               schemes: Optional[Mapping[str, LoadedScheme]] = None,
+               tor_options: Optional[Mapping[str, str]] = None) -> Node:
     """
     Put a node together from its checked configuration and keys.  Layers are
     added here, in dependency order, each as a child service of the node.
 
     @param schemes: the validation schemes (default: loaded from the config).
+    @param tor_options: extra options for a launched tor (tests: C{DisableNetwork}).
     @raise ConfigError: if the store cannot be opened or a scheme loaded.
     """
     node = Node(config, keys, reactor)
@@ -419,12 +424,18 @@ def build_node(config: Config, keys: NodeKeys, reactor: Any,
     node.datalog = DataLog(node.db, host, limits=log_limits(config), retention=retention(config))
     node.schemes = dict(schemes) if schemes is not None else load_validation(config)
 
-    if config.metrics.enabled:
-        node.metrics = node_metrics(Registry())
+    # Tor first: the links dial .onion members through it.
+    if config.tor.enabled:
+        onions = [OnionPort(config.tor.onion_port, lambda: node.peers.when_listening())]
+        if config.tor.publish_client and config.client.enabled:
+            onions.append(OnionPort(config.tor.client_onion_port, lambda: node.client.port.when_listening()))
+        node.tor = TorService(reactor, config.tor, onions, extra_options=tor_options)
+        node.tor.setServiceParent(node)
 
     # Links and broadcast.
     node.peers = PeerNetwork(reactor, keys.host, keys.noise.secret, node.directory,
-                             serverFromString(reactor, config.peer.listen), link_config(config))
+                             serverFromString(reactor, config.peer.listen), link_config(config),
+                             endpoint_factory=node.tor.endpoint_factory if node.tor is not None else None)
     node.peers.setName("peers")
     node.peers.add_link_observer(node._link_changed)
     node.peers.setServiceParent(node)
@@ -433,24 +444,62 @@ def build_node(config: Config, keys: NodeKeys, reactor: Any,
     node.broadcast.setName("broadcast")
     node.broadcast.setServiceParent(node)
 
-    # Protocols.  DKG (driver + scheduler), sync and signing attach here as
-    # their drivers land: frostnode.dkg, frostnode.sync, frostnode.signing.
+    # Protocols.
+    policy, run_config = dkg_settings(config)
+    threshold = config.federation.threshold
+    assert threshold is not None  # check_membership: members are listed, so is the threshold
+    node.dkg = DkgService(keys.host, node.directory, node.peers, node.broadcast, KeyStoreDkgStorage(node.keystore),
+                          reactor, policy, run_config, threshold=lambda n: threshold)
+    node.dkg.setName("dkg")
+    node.dkg.setServiceParent(node)
+    node.sync = SyncService(node.datalog, node.peers, node.broadcast, keys.host, node.directory, reactor,
+                            sync_config(config))
+    node.sync.setName("sync")
+    node.sync.setServiceParent(node)
+    node.signing = SigningService(node.peers, node.directory, keys.host, node.keystore, node.nonces,
+                                  DataLogView(node.datalog), node.schemes, reactor, signing_config(config))
+    node.signing.setName("signing")
+    node.signing.setServiceParent(node)
 
-    if retention(config) != Retention():
-        pruner = Pruner(node.datalog, reactor, config.store.prune_interval)
-        pruner.setName("pruner")
-        pruner.setServiceParent(node)
-
-    # Ports facing outside: client and HTTP (frostnode.client) and Tor
-    # (frostnode.tor) attach here as they land.
-    if node.metrics is not None:
-        registry = node.metrics.registry
-        watch_peer_network(registry, node.peers)
-        node.metrics_service = MetricsService(registry, serverFromString(reactor, config.metrics.listen),
+    # Ports facing outside.
+    node.client = build_client_service(config, keys.noise.secret, node.sync, reactor, keystore=node.keystore,
+                                       directory=node.directory, links=node.peers,
+                                       network=config.federation.network)
+    node.client.setServiceParent(node)
+    if config.metrics.enabled:
+        node.metrics = Registry()
+        watch_node(node.metrics, node)
+        node.metrics_service = MetricsService(node.metrics, serverFromString(reactor, config.metrics.listen),
                                               config.metrics.listen)
         node.metrics_service.setName("metrics")
         node.metrics_service.setServiceParent(node)
     return node
+
+
+def watch_node(registry: Registry, node: Node) -> None:
+    """
+    Metrics read from the layers' own counters when scraped: the links
+    (L{watch_peer_network}), the sync lag, signatures issued and failed,
+    and the epoch of the newest usable key.
+    """
+    watch_peer_network(registry, node.peers)
+    sync, signing, keystore = node.sync, node.signing, node.keystore
+
+    def lag() -> int:
+        missing = [p.get("missing") for p in sync.status().get("peers", {}).values()]
+        return max([m for m in missing if isinstance(m, int)], default=0)
+
+    watch_sync_lag(registry, lag)
+    registry.counter_callback("frostnode_signatures_issued_total", "Signing sessions that produced a signature.",
+                              lambda: signing.signatures)
+    registry.counter_callback("frostnode_signatures_failed_total", "Signing sessions that ended without a signature.",
+                              lambda: signing.failures)
+
+    def epoch() -> int:
+        newest = keystore.newest_usable()
+        return 0 if newest is None else newest.epoch
+
+    registry.gauge_callback("frostnode_epoch", "Epoch of the newest usable federation key (0: none yet).", epoch)
 
 
 class _TwistdRoot(MultiService):

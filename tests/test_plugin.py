@@ -137,6 +137,20 @@ class NodeServiceTests(SynchronousTestCase):
         self.assertEqual(set(node.schemes), {"record", "ledger"})
         self.assertIsNone(node.metrics)
         self.assertIsNone(node.metrics_service)
+        self.assertIsNone(node.tor)
+        # The protocols share the links, the broadcast and the stores.
+        self.assertEqual(node.dkg.members(), sorted(node.directory.host_keys()))
+        self.assertEqual(node.dkg.threshold(3), 2)
+        self.assertEqual(node.dkg.policy.min_spacing, 14 * 86400)
+        self.assertIs(node.sync.datalog, node.datalog)
+        self.assertEqual(node.sync.config.max_batch_bytes, 2 * 2**20)
+        self.assertIs(node.signing.nonces, node.nonces)
+        self.assertEqual(set(node.signing.schemes), {"record", "ledger", "checkpoint"})
+        self.assertIs(node.client.api.sync, node.sync)
+        self.assertIsNotNone(node.client.port)
+        self.assertIsNone(node.client.http)
+        for layer in (node.dkg, node.sync, node.signing, node.client):
+            self.assertIs(layer.parent, node)
         # Stopped last: the store is the first child.
         self.assertIs(list(node)[0], node.store)
 
@@ -162,10 +176,10 @@ class NodeServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         node = self.build(reactor)
         self.assertIs(node.metrics_service.parent, node)
-        text = node.metrics.registry.render()
-        self.assertIn("frostnode_links_up 0", text)
-        self.assertIn("frostnode_peers 2", text)
-        self.assertIn("frostnode_dkg_runs_total 0", text)
+        text = node.metrics.render()
+        for line in ["frostnode_links_up 0", "frostnode_peers 2", "frostnode_sync_lag_records 0",
+                     "frostnode_signatures_issued_total 0", "frostnode_signatures_failed_total 0", "frostnode_epoch 0"]:
+            self.assertIn(line + "\n", text)
 
     def test_start_and_stop(self) -> None:
         """
@@ -177,9 +191,9 @@ class NodeServiceTests(SynchronousTestCase):
         with capturedLogs() as events:
             node.startService()
             self.assertTrue(node.running)
-            self.assertEqual(len(reactor.tcpServers), 1)
-            port, _, _, interface = reactor.tcpServers[0]
-            self.assertEqual((port, interface), (_port_of(self.options.node_config.peer.listen), "127.0.0.1"))
+            self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers],
+                             [(_port_of(self.options.node_config.peer.listen), "127.0.0.1"),
+                              (_port_of(self.options.node_config.client.listen), "127.0.0.1")])
             reactor.run()
             self.successResultOf(node.stopService())
         self.assertFalse(node.running)
@@ -189,7 +203,7 @@ class NodeServiceTests(SynchronousTestCase):
         self.assertEqual([e["log_format"] for e in mine], [
             "frostnode {host_key} starting: {members} members, threshold {threshold}, "
             "ciphersuite {ciphersuite}, data in {data_dir}",
-            "frostnode {host_key} running, peer port {peer_port}",
+            "frostnode {host_key} running, peer port {peer_port}, client port {client_port}",
             "frostnode {host_key} stopping", "frostnode {host_key} stopped"])
         self.assertEqual({e["host_key"] for e in mine}, {node.keys.host.public.hex()})
         self.assertEqual((mine[0]["members"], mine[0]["threshold"]), (3, 2))
@@ -264,38 +278,6 @@ class _SlowService(Service):
 
 def _body() -> RecordBody:
     return RecordBody(client_key=b"c" * 32, topic="t", payload=b"p", timestamp=1)
-
-
-class PrunerTests(SynchronousTestCase):
-    """Retention runs on the injected clock; a failing round does not stop the next."""
-
-    def test_prunes_on_schedule(self) -> None:
-        from twisted.internet.task import Clock
-
-        clock = Clock()
-        pruned: list[float] = []
-
-        class Log:
-            def prune(self, now: float) -> Deferred[int]:
-                pruned.append(now)
-                if len(pruned) == 1:
-                    from twisted.internet.defer import fail
-                    return fail(RuntimeError("disk on fire"))
-                return succeed(3)
-
-        pruner = tap.Pruner(Log(), clock, 60.0)  # type: ignore[arg-type]
-        with capturedLogs() as events:
-            pruner.startService()
-            clock.advance(59)
-            self.assertEqual(pruned, [])
-            clock.advance(1)
-            clock.advance(60)
-            pruner.stopService()
-            clock.advance(600)
-        self.assertEqual(pruned, [60.0, 120.0])
-        self.assertEqual([e["log_format"] for e in events], [
-            "pruning the log failed; trying again in {interval}s", "pruned {removed} log records past retention"])
-        self.flushLoggedErrors(RuntimeError)
 
 
 def _port_of(listen: str) -> int:

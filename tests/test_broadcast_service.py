@@ -112,6 +112,47 @@ class ReliableBroadcastTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(fed.nodes[0].delivered(origin, b"t")), b"payload")
         self.assertEqual(fed.nodes[0]._waiting, {})
 
+    def test_handled_deferred(self) -> None:
+        """
+        handled(count) fires once the core has handled that many records from
+        peers (the way to wait for quiescence when nothing is delivered), at
+        once if it already has; cancelling it forgets the wait.
+        """
+        fed = Federation(4)
+        node = fed.nodes[0]
+        # Another member's broadcast reaches us as its SEND, two ECHOs and three READYs.
+        six = node.handled(6)
+        seven = node.handled(7)
+        cancelled = node.handled(7)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        fed.nodes[1].broadcast(b"t", b"payload")
+        self.assertNoResult(six)
+        fed.pump()
+        self.assertEqual(self.successResultOf(six), 6)
+        self.assertNoResult(seven)
+        self.assertEqual(self.successResultOf(node.handled(1)), 6)
+
+    def test_sweep_actions_are_sent(self) -> None:
+        """
+        A SEND that waited for room in its originator's quota is ECHOed when
+        a sweep makes room: what the core decides at sweep time reaches the
+        links.
+        """
+        fed = Federation(4, config=BrachaConfig(max_open_per_origin=1, abandon_sweeps=2), sweep_interval=10.0)
+        node, bad = fed.nodes[0], fed.nodes[3].links
+        # A SEND only we get fills the originator's quota at us; it never delivers.
+        bad.send(node.links.local, CHANNEL_BROADCAST, encode_batch([encode_send(b"junk", b"j")]))
+        fed.pump()
+        self.assertEqual(node.records_sent, 3)
+        fed.clock.advance(10.0)
+        bad.send(node.links.local, CHANNEL_BROADCAST, encode_batch([encode_send(b"x", b"x")]))
+        fed.pump()
+        self.assertEqual(node.records_sent, 3)
+        fed.clock.advance(10.0)
+        fed.pump()
+        self.assertEqual(node.records_sent, 6)
+
     def test_subscribe_by_prefix(self) -> None:
         fed = Federation(4)
         dkg: list[bytes] = []

@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from frostnode.broadcast.bracha import encode_batch, encode_send
@@ -117,8 +116,7 @@ class BroadcastOverNoiseTests(TestCase):
             bad.send(fed.key(i), CHANNEL_BROADCAST, encode_batch([encode_send(b"t", b"left" if i <= 3 else b"right")]))
         # Quiescence, without sleeping on a guess: each honest member handles
         # the SEND and the five other honest ECHOs, then everything is acked.
-        while not all(node.core.records_handled >= 6 for node in fed.nodes.values()):
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield gatherResults([node.handled(6) for node in fed.nodes.values()])
         yield gatherResults([n.when_acked(k) for n in fed.nets for k in n.peers()])
         for i, node in fed.nodes.items():
             self.assertEqual(fed.seen[i], [])

@@ -10,12 +10,16 @@ reactor); this module only moves bytes, keeps time and calls back.
     per peer (split only above C{max_batch_bytes}).  Records for all peers are
     encoded once and the same bytes go to every peer.
   - B{Collection.}  While the service runs, a C{LoopingCall} on the injected
-    clock calls L{Bracha.sweep} every C{sweep_interval} seconds.
+    clock calls L{Bracha.sweep} every C{sweep_interval} seconds and carries
+    out what it returns (ECHOs of SENDs that waited for room).
   - B{Delivery.}  Subscribers (by tag prefix) and L{delivered} Deferreds are
     called in the turn the core delivers.  A subscriber that raises is logged
     and the others still run.  The last C{recent_deliveries} payloads are kept
     so that L{delivered} asked after the fact still answers.
   - B{Misbehaviour} reported by the core is logged with the culprit's host key.
+  - B{Quiescence.}  L{handled} fires once the core has handled a number of
+    records, so tests and tools can wait for traffic that delivers nothing
+    (an equivocation no quorum forms on) without polling.
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ class ReliableBroadcast(Service):
         self._waiting: dict[tuple[bytes, bytes], list[Deferred]] = {}
         self._recent: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._recent_max = recent_deliveries
-        self._sweeper = LoopingCall(self.core.sweep)
+        self._handled_waiters: list[tuple[int, Deferred]] = []
+        self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_interval = sweep_interval
         #: Counters for benchmarks: records, batches and bytes through the links.
@@ -151,6 +156,22 @@ class ReliableBroadcast(Service):
         waiters.append(d)
         return d
 
+    def handled(self, records: int) -> Deferred:
+        """
+        A Deferred firing with the core's L{records_handled<Bracha.records_handled>}
+        once at least C{records} records from peers have been handled (at
+        once if they have); cancelling it forgets the wait.
+        """
+        if self.core.records_handled >= records:
+            return succeed(self.core.records_handled)
+
+        def cancel(d: Deferred) -> None:
+            self._handled_waiters = [(n, w) for n, w in self._handled_waiters if w is not d]
+
+        d: Deferred = Deferred(cancel)
+        self._handled_waiters.append((records, d))
+        return d
+
     # -- plumbing ----------------------------------------------------------
 
     def _received(self, sender: bytes, data: bytes) -> None:
@@ -161,6 +182,19 @@ class ReliableBroadcast(Service):
             return
         self.batches_received += 1
         self._apply(actions)
+        if self._handled_waiters:
+            self._fire_handled()
+
+    def _fire_handled(self) -> None:
+        handled = self.core.records_handled
+        due = [w for n, w in self._handled_waiters if n <= handled]
+        if due:
+            self._handled_waiters = [(n, w) for n, w in self._handled_waiters if n > handled]
+            for w in due:
+                w.callback(handled)
+
+    def _sweep(self) -> None:
+        self._apply(self.core.sweep())
 
     def _apply(self, actions: list[Action]) -> None:
         for a in actions:

@@ -7,6 +7,8 @@ The C{frostnode} command: set up a member and inspect its configuration.
    the JSON other operators list under C{[federation] members}.
  - C{frostnode check --config node.toml}: everything twistd would check
    before starting, without starting.
+ - C{frostnode devnet}: a local federation of separate twistd processes
+   (L{frostnode.devnet}).
 
 Running the node is twistd's job (C{twistd -n frostnode --config node.toml}),
 so that daemonising, pid files and logging stay twistd's standard options.
@@ -23,7 +25,8 @@ from typing import Optional, Sequence, TextIO
 
 from twisted.python import usage
 
-from frostnode.config import ConfigError, config_from_string, derive_address, load_config
+from frostnode.config import Config, ConfigError, config_from_string, derive_address, load_config
+from frostnode.identity import AddressCard
 from frostnode.keys import KeyFileError, create_host_key, create_noise_key, load_node_keys, own_card
 
 CONFIG_NAME = "node.toml"
@@ -180,9 +183,17 @@ class DemoOptions(usage.Options):
             raise usage.UsageError("need 1 <= threshold <= members <= 1000")
 
 
+def _devnet_options() -> usage.Options:
+    # Imported when used: frostnode.devnet builds on this module.
+    from frostnode.devnet import DevnetOptions
+
+    return DevnetOptions()
+
+
 class Options(usage.Options):
     synopsis = "Usage: frostnode COMMAND [options]"
     subCommands = [
+        ["devnet", None, _devnet_options, "Start a local federation of twistd processes on loopback."],
         ["demo", None, DemoOptions, "Run a DKG and a threshold signature in one process."],
         ["init", None, InitOptions, "Create a new member: keys and a commented node.toml."],
         ["card", None, CardOptions, "Print this member's address card."],
@@ -197,7 +208,21 @@ class Options(usage.Options):
 def _card(opts: CardOptions, out: TextIO) -> None:
     config = load_config(opts["config"])
     keys = load_node_keys(config)
-    out.write(own_card(config, keys).to_json() + "\n")
+    out.write(json.dumps(card_document(config, own_card(config, keys)), sort_keys=True) + "\n")
+
+
+def card_document(config: Config, card: AddressCard) -> dict:
+    """
+    The card as C{frostnode card} prints it: the signed card, plus an
+    unsigned C{client_addresses} list when C{[client] listen} names one
+    interface, for C{frostnode-client --card} (the Noise key, which is
+    signed, authenticates the node; members ignore the extra field).
+    """
+    document = card.to_dict()
+    client = derive_address(config.client.listen) if config.client.enabled else None
+    if client is not None:
+        document["client_addresses"] = [client]
+    return document
 
 
 def _check(opts: CheckOptions, out: TextIO) -> None:
@@ -225,6 +250,10 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
             _card(opts.subOptions, out)
         elif opts.subCommand == "check":
             _check(opts.subOptions, out)
+        elif opts.subCommand == "devnet":
+            from frostnode.devnet import run_devnet
+
+            return run_devnet(opts.subOptions, out, err)
         elif opts.subCommand == "demo":
             from frostnode.demo import run_demo
 

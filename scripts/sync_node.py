@@ -21,14 +21,16 @@ Commands (one JSON object per line) and their answers:
     -> C{{"event": "ack", "id", "created", "origin", "seq"}} once durable,
     or C{{"event": "error", ...}};
   - C{{"cmd": "load", "count", "size", "submitters", "tag"}}: C{submitters}
-    concurrent loops each awaiting C{submit()} of 1 record at a time (random
-    payloads of C{size} bytes) until C{count} are acknowledged
+    concurrent loops each awaiting C{submit()} of 1 record at a time
+    (C{size}-byte payloads: the tag and record number, then random bytes)
+    until C{count} are acknowledged
     -> C{{"event": "loaded", "acked", "start", "end", "p50_ms", "p99_ms"}}
     (wall-clock seconds);
   - C{{"cmd": "wait", "count"}} -> C{{"event": "reached", "count", "at"}} once
     the log holds C{count} records (checked every 5 ms);
   - C{{"cmd": "get", "id"}} -> C{{"event": "got", "id", "held"}};
-  - C{{"cmd": "status"}} -> C{{"event": "status", "status": SyncService.status()}};
+  - C{{"cmd": "status"}} -> C{{"event": "status", "status": SyncService.status(), "counters"}}
+    (the service's counters, and C{cpu}: the process's CPU seconds, all threads);
   - C{{"cmd": "stop"}}: stop every service, close the store, exit 0.
 
 On start it prints C{{"event": "ready", "host_key"}}.  Log events at
@@ -133,6 +135,7 @@ class Control(LineReceiver):
         sync = self.node.sync
         latencies: list[float] = []
         remaining = iter(range(count))
+        block = os.urandom(size)
         errors = 0
 
         @defer.inlineCallbacks
@@ -140,7 +143,7 @@ class Control(LineReceiver):
             nonlocal errors
             client = bytes([k % 256]) * 32
             for i in remaining:
-                body = RecordBody(client, "bench", os.urandom(size), timestamp=i)
+                body = RecordBody(client, "bench", (tag.encode() + b"/%d/" % i + block)[:size], timestamp=i)
                 t0 = time.perf_counter()
                 try:
                     yield sync.submit(body)
@@ -173,7 +176,8 @@ class Control(LineReceiver):
         self.emit(event="status", status=s.status(), counters=dict(
             batches_broadcast=s.batches_broadcast, batches_received=s.batches_received,
             records_received=s.records_received, records_fetched=s.records_fetched,
-            pages_served=s.pages_served, pages_fetched=s.pages_fetched, rejected=s.rejected))
+            pages_served=s.pages_served, pages_fetched=s.pages_fetched, rejected=s.rejected,
+            cpu=time.process_time()))
 
     def do_stop(self) -> None:
         self.node.stop().addBoth(lambda _: reactor.stop())
@@ -193,7 +197,14 @@ def main() -> None:
     )
     node = Node(config)
     stdio.StandardIO(Control(node))
-    reactor.run()
+    profile = os.environ.get("SYNC_NODE_PROFILE")
+    if profile:  # SYNC_NODE_PROFILE=/dir: cProfile of the reactor thread, to /dir/<host key>.prof
+        import cProfile
+
+        cProfile.runctx("reactor.run()", globals(), locals(),
+                        os.path.join(profile, node.host.public.hex()[:8] + ".prof"))
+    else:
+        reactor.run()
 
 
 if __name__ == "__main__":

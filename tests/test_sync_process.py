@@ -5,8 +5,9 @@ service) and four members in this process, all over loopback TCP with
 Noise.
 
 The killed member is configured so that nothing it acknowledged can have
-left it before the kill (its batches wait 30 s to close and it sends no
-summary for 30 s): the records exist only on its disk.  After a restart on
+left it before the kill (its batch limit is below one record, so nothing is
+broadcast, and it sends no summary for 30 s): the records exist only on its
+disk.  After a restart on
 the same data directory they are there, and every other member fetches them
 from it.
 """
@@ -110,7 +111,7 @@ class KillTests(TestCase):
         self.addCleanup(os.close, listen_fd)
         peers = fed.running()
         data_dir = temp_path(self)
-        quiet = asdict(replace(FAST, batch_delay=30.0, summary_interval=30.0))
+        quiet = asdict(replace(FAST, max_batch_bytes=100, summary_interval=30.0))
         child = self.spawn(fed, listen_fd, data_dir, quiet)
         yield child.when(lambda e: e["event"] == "ready")
         yield gatherResults([p.links.when_connected(fed.keys[0]) for p in peers])

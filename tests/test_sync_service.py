@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from frostnode.net.interfaces import CHANNEL_SYNC
 from frostnode.store.errors import RecordTooLarge
-from frostnode.store.log import Envelope
+from frostnode.store.log import Envelope, Retention
 from frostnode.sync.errors import SyncOverloaded, SyncUnavailable
 from frostnode.sync.messages import (
     Page,
@@ -95,6 +95,28 @@ class ReplicationTests(TestCase):
         peer1 = nodes[0].sync.status()["peers"][nodes[1].key.hex()]
         self.assertFalse(peer1["up"])
         self.assertEqual(peer1["lag"], 7)
+
+    @inlineCallbacks
+    def test_batches_are_large_under_load_and_a_lone_record_does_not_wait(self):
+        """batch_delay only holds a batch open while more submissions are on their way to the disk."""
+        fed = MemoryFederation(self, config=replace(FAST, batch_delay=30.0, max_batch_records=100))
+        node = fed.nodes[0]
+        yield node.sync.submit(record(0))
+        yield wait_converged(fed.nodes, 1, timeout=5)      # well before batch_delay
+        self.assertEqual(node.sync.batches_broadcast, 1)
+        yield submit_all(fed.nodes, [record(i) for i in range(1, 301)], lambda i: 0)
+        yield wait_converged(fed.nodes, 301, timeout=10)
+        self.assertLessEqual(node.sync.batches_broadcast, 1 + 4)  # 100 records per batch, one partial
+        self.assertEqual(sum(n.sync.records_fetched for n in fed.nodes), 0)
+
+    @inlineCallbacks
+    def test_retention_prunes_every_member_alike(self):
+        fed = MemoryFederation(self, config=replace(FAST, prune_interval=0.05), retention=Retention(max_per_origin=10))
+        yield submit_all(fed.nodes, [record(i) for i in range(60)], lambda i: i % 2)
+        # each member keeps the newest 10 slots of each of the two origins
+        yield wait_converged(fed.nodes, 20)
+        for node in fed.nodes:
+            self.assertEqual({st.floor for st in node.log.origins().values()}, {20})
 
     @inlineCallbacks
     def test_a_record_too_large_to_broadcast_spreads_by_catch_up(self):

@@ -23,7 +23,7 @@ from frostnode.net.memory import MemoryNetwork
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
 from frostnode.net.peers import LinkConfig, PeerNetwork
 from frostnode.store.db import Database
-from frostnode.store.log import DataLog, RecordBody
+from frostnode.store.log import DataLog, RecordBody, Retention
 from frostnode.sync.service import SyncConfig, SyncService
 
 #: Fast timers for tests on the real reactor.
@@ -103,9 +103,9 @@ class Node:
 
 
 def start_node(member: Member, members: Sequence[bytes], directory: MemberDirectory, links: Any, path: str,
-               config: SyncConfig) -> Node:
+               config: SyncConfig, retention: Optional[Retention] = None) -> Node:
     db = Database.open(path, reactor=reactor)
-    log = DataLog(db, member.key)
+    log = DataLog(db, member.key, retention=retention)
     bc = ReliableBroadcast(links, list(members), reactor, sweep_interval=1.0)
     sync = SyncService(log, links, bc, member.host, directory, reactor, config)
     bc.startService()
@@ -116,12 +116,13 @@ def start_node(member: Member, members: Sequence[bytes], directory: MemberDirect
 class MemoryFederation:
     """C{n} nodes over one in-memory network (shuffled delivery) on the real reactor."""
 
-    def __init__(self, test: Any, n: int = 5, config: SyncConfig = FAST, seed: int = 1) -> None:
+    def __init__(self, test: Any, n: int = 5, config: SyncConfig = FAST, seed: int = 1,
+                 retention: Optional[Retention] = None) -> None:
         self.members = [make_member() for _ in range(n)]
         self.directory = MemberDirectory(m.card for m in self.members)
         keys = [m.key for m in self.members]
         self.net = MemoryNetwork(reactor, keys, rng=random.Random(seed))
-        self.nodes = [start_node(m, keys, self.directory, self.net.links(m.key), test.mktemp(), config)
+        self.nodes = [start_node(m, keys, self.directory, self.net.links(m.key), test.mktemp(), config, retention)
                       for m in self.members]
         test.addCleanup(self.stop)
 

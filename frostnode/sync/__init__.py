@@ -64,6 +64,12 @@ being written and batches waiting for broadcast are all bounded.  A
 malformed message or a record whose proof fails is logged with the member
 that sent it and ignored; the member's other messages are still served.
 
+A member must not come back under the same host key with a lost or older
+store: it would number new records from a lower sequence number, and every
+peer would see two records in one slot (logged as the origin's
+equivocation, L{frostnode.store.errors.SequenceConflict}).  Our own origin is
+never fetched from peers, because only this node appends to it.
+
 Known limit: with retention enabled, a member whose C{have} for an origin is
 below a peer's pruned prefix cannot fetch those pruned slots from anyone, and
 the log has no operation to skip them; such a member stays behind on that

@@ -245,7 +245,6 @@ class SyncService(Service):
         self._unsent: list[tuple[bytes, bytes]] = []
         self._retry_call: Optional[IDelayedCall] = None
         self._buckets: dict[bytes, _Bucket] = {}
-        self._up: set[bytes] = set()
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._pruner: Optional[LoopingCall] = None
@@ -481,16 +480,20 @@ class SyncService(Service):
             why = verify_batch(origin, tag, batch)
             if why is not None:
                 raise BadBatch(origin, why)
+            proof = batch.proof().encode()
+            try:
+                envelopes = [Envelope(origin, batch.first_seq + i, seconds(us), body, proof)
+                             for i, (us, body) in enumerate(batch.entries)]
+            except ValueError as e:  # InvalidRecord: a receive time out of range
+                raise BadBatch(origin, str(e)) from None
         except BadBatch as e:
             self.rejected += 1
             self.log.warn("sync batch {tag} from {culprit} rejected: {reason}", tag=tag,
                           culprit=_short(origin), reason=e.message)
             return
         self.batches_received += 1
-        proof = batch.proof().encode()
-        first = batch.first_seq
-        for i, (us, body) in enumerate(batch.entries):
-            d = self.datalog.insert_remote(Envelope(origin, first + i, seconds(us), body, proof))
+        for env in envelopes:
+            d = self.datalog.insert_remote(env)
             d.addCallbacks(self._count_received, self._insert_failed, errbackArgs=(origin, "broadcast"))
 
     def _count_received(self, result: Any) -> None:
@@ -530,7 +533,6 @@ class SyncService(Service):
                 self.log.info("catch-up request to {peer} for origin {origin} timed out", peer=_short(peer),
                               origin=_short(origin))
             connected = self.links.connected()
-            self._up = set(connected)
             if connected:
                 summary = self._summary()
                 for peer in sorted(connected):
@@ -540,11 +542,9 @@ class SyncService(Service):
             self.log.failure("sync tick failed")
 
     def _link_changed(self, peer: bytes, up: bool) -> None:
+        # A peer back (or new) learns our position at once, not at the next tick.
         if up and self.running:
-            self._up.add(peer)
             self._send(peer, self._summary())
-        else:
-            self._up.discard(peer)
 
     def _plan(self) -> None:
         if not self.running:
@@ -554,7 +554,9 @@ class SyncService(Service):
             self._request(req)
 
     def _request(self, req: PageRequest) -> None:
-        self._send(req.peer, encode_request(req.origin, req.from_seq, req.limit))
+        if not self._send(req.peer, encode_request(req.origin, req.from_seq, req.limit)):
+            # Not queued (the peer's link queue is full): ask someone else, later.
+            self.planner.page_verified(req.peer, req.origin, None, self.clock.seconds())
 
     # -- catch-up: incoming messages ------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class KillTests(TestCase):
         self.assertEqual([e["held"] for e in got], [True] * 20)
         yield wait_converged(peers, 20, timeout=30)
         self.assertTrue(all(b.record_id in p.log for b in bodies for p in peers))
-        self.assertEqual(sum(p.sync.records_fetched for p in peers), 4 * 20)
+        yield wait_until(lambda: sum(p.sync.records_fetched for p in peers) == 4 * 20, 5)
         # the restarted member takes new records and spreads them as usual
         child.send(cmd="submit", topic="t", payload=b"after".hex(), client=(b"\x05" * 32).hex())
         yield child.when(lambda e: e["event"] == "ack")

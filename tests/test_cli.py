@@ -7,6 +7,7 @@ C{card} prints verifies and names those keys.
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from frostnode.cli import main
+from frostnode.cli import Options, main
 from frostnode.config import load_config
 from frostnode.identity import AddressCard
 from frostnode.keys import load_host_key, load_noise_key
@@ -57,6 +58,15 @@ class InitCardTests(SynchronousTestCase):
         self.assertEqual(card.host_key, host.public)
         self.assertEqual(card.noise_key, noise.public)
         self.assertEqual(card.addresses, ("tcp:host=127.0.0.1:port=9300",))
+        # Unsigned, for frostnode-client --card: where the client port is.
+        self.assertEqual(json.loads(out)["client_addresses"], ["tcp:host=127.0.0.1:port=9001"])
+
+    def test_card_without_client_address(self) -> None:
+        """A client port on every interface says nothing about where to connect: no client_addresses."""
+        run("init", "--dir", str(self.dir), "--client-listen", "tcp:9301")
+        status, out, err = run("card", "--config", str(self.dir / "node.toml"))
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotIn("client_addresses", json.loads(out))
 
     def test_init_config_loads(self) -> None:
         run("init", "--dir", str(self.dir), "--address", "tcp:host=192.0.2.7:port=9000",
@@ -152,6 +162,12 @@ class InitCardTests(SynchronousTestCase):
         status, out, err = run("check", "--config", str(self.dir / "node.toml"))
         self.assertEqual(status, 1)
         self.assertIn("[federation] members is empty", err)
+
+    def test_devnet_listed(self) -> None:
+        status, out, err = run("devnet", "--nodes", "1")
+        self.assertEqual(status, 2)
+        self.assertTrue(err.endswith("frostnode: --nodes must be between 2 and 100\n"), err)
+        self.assertIn("Start a local federation of twistd processes on loopback.", str(Options()))
 
     def test_usage_errors(self) -> None:
         for argv, message in [((), "a command is required"), (("init",), "--dir is required"),

@@ -210,6 +210,18 @@ class NodeServiceTests(SynchronousTestCase):
         # The store is closed: a write is refused.
         self.assertRaises(StoreError, node.datalog.append_local_sync, _body(), 1.0)
 
+    def test_tor_wiring(self) -> None:
+        """With [tor], the links dial through Tor's endpoint factory and the peer port is published."""
+        from dataclasses import replace
+
+        config = self.options.node_config
+        self.options.node_config = replace(config, tor=replace(config.tor, enabled=True, publish_client=True))
+        node = self.build(MemoryReactorClock())
+        self.assertIs(node.tor.parent, node)
+        self.assertEqual(node.peers.endpoint_factory, node.tor.endpoint_factory)
+        self.assertEqual([p.virtual_port for p in node.tor.onion_ports], [9000, 9001])
+        self.assertFalse(node.tor.running)
+
     def test_store_closes_after_the_other_layers(self) -> None:
         """A layer still stopping keeps the store open for its last writes; then the store closes."""
         node = self.build(MemoryReactorClock())
@@ -410,6 +422,17 @@ class TwistdProcessTests(TestCase):
         text = config.read_text()
         config.write_text(text.replace("threshold = 2", "threshold = 4"))
         yield self.assertOneLineError(config, f"{config}: [federation] threshold must be <= number of members (3)")
+        config.write_text(text)
+
+        config.write_text(text + '\n[store]\nmax_payload = "4MiB"\n')
+        yield self.assertOneLineError(config, f"{config}: [store] max_payload must be at most [limits] "
+                                              "max_broadcast_size minus 4KiB (2093056), so that a record fits in "
+                                              "one broadcast (got 4194304)")
+        config.write_text(text + '\n[validation]\nschemes = ["no-such-scheme"]\n')
+        yield self.assertOneLineError(config, f"{config}: [validation] schemes[0] ('no-such-scheme') no such scheme: "
+                                              "not built in and no entry point in group 'frostnode.validators' "
+                                              "(available: ledger, record); for an unpackaged scheme give "
+                                              "'package.module:attribute'")
         config.write_text(text)
 
         key = config.parent / "host.key"

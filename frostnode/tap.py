@@ -3,7 +3,7 @@
 The twistd plugin's options and wiring: C{twistd -n frostnode --config node.toml}.
 
 Everything that can be wrong with a node's setup (config file, data
-directory, key files, membership, the store's files, validation schemes) is
+directory, key files, membership, the store's files, validation schemes, Tor's key and executable) is
 checked in L{Options.postOptions}, before twistd installs a reactor or opens
 a log, so that a bad setup costs one line and a non-zero exit instead of a
 traceback from a half-started service.  A missing C{--config} is a
@@ -18,11 +18,20 @@ it, so tests can build a node without twistd and layers can find each other:
 
   1. C{store}: the LMDB environment (L{Database}) with the key store, the
      nonce pool and the replicated log over it;
-  2. C{peers}: the member links (L{PeerNetwork}, on C{[peer] listen});
-  3. C{broadcast}: reliable broadcast over the links (L{ReliableBroadcast});
-  4. the protocols: DKG, sync, signing (attached as they land, see
-     L{build_node});
-  5. the ports facing outside: client, HTTP, metrics, Tor.
+  2. C{tor} (with C{[tor]}): first, because the links dial C{.onion}
+     members through it; it publishes the peer (and client) port once they
+     are bound;
+  3. C{peers}: the member links (L{PeerNetwork}, on C{[peer] listen});
+  4. C{broadcast}: reliable broadcast over the links (L{ReliableBroadcast});
+  5. the protocols over links and broadcast: C{dkg} (L{DkgService}, whose
+     schedule starts the first DKG as soon as the node runs, since a new
+     federation has no key), C{sync} (L{SyncService}, which also applies
+     the log's retention) and C{signing} (L{SigningService});
+  6. the ports facing outside: C{client} (the Noise client port and, with
+     C{[http]}, the HTTP API, in front of one L{NodeAPI}) and C{metrics}.
+
+Each C{*_config} function below maps the config's sections onto one layer's
+own settings, so that the mapping is tested as data.
 
 Shutdown: L{Node.stopService} stops every other layer first and waits for
 them, then closes the store, whose writer lets in-flight LMDB transactions
@@ -39,9 +48,9 @@ leaves the child without the thread.  Run C{twistd -n} under a supervisor
 Log events, one per meaningful step, all with named fields: start (members,
 threshold), C{running} once the reactor runs and the ports are bound (with
 their port numbers: the line to wait for), each peer link up or down (with
-the peer's full host key and how many links are up), all links up, pruning,
-stop.  Later layers log their own steps (DKG phases, signing outcomes,
-rejected input with its reason).
+the peer's full host key and how many links are up), all links up, stop.
+The layers log their own steps (DKG phases and exclusions with the culprit,
+signing outcomes, rejected input with its reason).
 """
 
 from __future__ import annotations

@@ -166,6 +166,26 @@ class NodeServiceTests(SynchronousTestCase):
         core, _ = tap.broadcast_config(_with_limits(self.options.node_config, max_pending_broadcasts=1), 5)
         self.assertEqual(core.max_open_per_origin, 16)
 
+    def test_protocol_settings(self) -> None:
+        """[dkg], [signing], [store] and [limits] as the protocols' own settings."""
+        from frostnode.config import config_from_string
+
+        config = config_from_string(
+            '[dkg]\ninterval = "2d"\nmin_spacing = "1d"\nround_timeout = "30s"\njoin_grace = "1m"\n'
+            'retry_delay = "5m"\nmax_attempts = 3\n'
+            '[signing]\nsession_timeout = "2s"\nrequest_timeout = "20s"\ncheckpoint_interval = "1h"\n'
+            '[limits]\nmax_message_size = "1MiB"\n[store]\nprune_interval = "30s"\n', "node.toml")
+        policy, run = tap.dkg_settings(config)
+        self.assertEqual((policy.interval, policy.min_spacing, policy.join_grace, policy.retry_delay),
+                         (2 * 86400.0, 86400.0, 60.0, 300.0))
+        self.assertEqual((tuple(run.timeouts), run.max_attempts), ((30.0, 30.0, 15.0, 30.0), 3))
+        signing = tap.signing_config(config)
+        self.assertEqual((signing.session_timeout, signing.request_timeout, signing.checkpoint_interval),
+                         (2.0, 20.0, 3600.0))
+        sync = tap.sync_config(config)
+        self.assertEqual((sync.max_batch_bytes, sync.max_page_bytes, sync.prune_interval),
+                         (1023 * 1024, 2**20, 30.0))
+
     def test_metrics_enabled(self) -> None:
         """With [metrics] enabled the endpoint serves the links' numbers."""
         from dataclasses import replace

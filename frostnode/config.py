@@ -114,7 +114,7 @@ class FederationSection:
     threshold: Optional[int]
     members: tuple[AddressCard, ...]
     ciphersuite: str
-    network: str
+    network: str = "mainnet"
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,9 @@ class DkgSection:
     interval: float
     min_spacing: float
     round_timeout: float
-    join_grace: float
-    retry_delay: float
-    max_attempts: int
+    join_grace: float = 600.0
+    retry_delay: float = 3600.0
+    max_attempts: int = 8
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class TorSection:
     onion_key_file: Path
     onion_port: int
     publish_client: bool
-    client_onion_port: int
+    client_onion_port: int = 9001
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class LimitsSection:
     peer_queue_size: int
     max_pending_broadcasts: int
     max_buffered_messages: int
-    max_broadcast_size: int
+    max_broadcast_size: int = 2 * 2**20
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ POLL_INTERVAL = 0.5
 HEARTBEAT = 5.0
 
 #: Runs twistd in a child that dies with its parent (Linux: PR_SET_PDEATHSIG),
-#: and exits at once if the parent is already gone.
+#: exits at once if the parent is already gone, and leaves the terminal's
+#: process group, so that Ctrl-C is devnet's to handle (a node that stopped by
+#: itself on the same Ctrl-C would look like a crash).
 LAUNCHER = """\
 import os, signal, sys
 parent = int(os.environ.get("FROSTNODE_DEVNET_PARENT", "0"))
@@ -87,6 +89,7 @@ except Exception:
     pass
 if parent and os.getppid() != parent:
     sys.exit("frostnode devnet: the devnet process is gone; not starting")
+os.setpgid(0, 0)  # out of the terminal's foreground group: Ctrl-C reaches devnet, which stops us in order
 from twisted.scripts.twistd import run
 sys.argv[0] = "twistd"
 run()

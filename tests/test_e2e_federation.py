@@ -254,6 +254,13 @@ class FederationTests(TestCase):
         self.assertEqual(len({e["internal"] for e in certified}), 1, certified)
         self.assertEqual({e["epoch"] for e in certified}, {1})
 
+        # Each node logged its links coming up, naming each peer by its full host key.
+        for i, proto in enumerate(fed.processes):
+            others = {c.host_key.hex() for j, c in enumerate(fed.cards) if j != i}
+            ups = {e["peer"] for e in proto.events if e.get("namespace") == "frostnode.tap.Node"
+                   and e.get("text", "").startswith(f"peer {e.get('peer')} up (")}
+            self.assertEqual(ups, others, proto.name)
+
         clients = yield self.clients()
         keys = yield gatherResults([c.pubkey() for c in clients])
         self.assertEqual({(k.epoch, k.internal_key, k.output_key, k.address) for k in keys},

@@ -7,6 +7,7 @@ store and a C{task.Clock}: several members in one process, restarts included.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Callable, Optional
 
 from twisted.internet.task import Clock
@@ -25,7 +26,13 @@ from frostnode.dkg.messages import Kind, Reason
 from frostnode.dkg.run import RunConfig
 from frostnode.dkg.scheduler import DAY, DkgTooSoon, SchedulePolicy
 from frostnode.dkg.session import Timeouts
-from frostnode.dkg.storage import KeyStoreDkgStorage, MemoryDkgStorage
+from frostnode.dkg.storage import (
+    KeyStoreDkgStorage,
+    MemoryDkgStorage,
+    epoch_record,
+    foreign_record,
+    pending_from_record,
+)
 from frostnode.dkg.transcript import Certificate, SessionParams
 from frostnode.net.interfaces import CHANNEL_BROADCAST, CHANNEL_DKG, ILinks
 from frostnode.net.memory import MemoryNetwork
@@ -77,12 +84,31 @@ class RestartableLinks:
         return self.inner.connected()
 
 
+class ObservableLinks(RestartableLinks):
+    """Links that report a peer's link coming up, as L{frostnode.net.peers.PeerNetwork} does."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.observers: list[Callable[[bytes, bool], None]] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.observers.clear()
+
+    def add_link_observer(self, observer: Callable[[bytes, bool], None]) -> None:
+        self.observers.append(observer)
+
+    def link_up(self, peer: bytes) -> None:
+        for observer in list(self.observers):
+            observer(peer, True)
+
+
 class Node:
     def __init__(self, fed: "MemoryFederation", host) -> None:
         self.fed = fed
         self.host = host
         self.key = host.public
-        self.links = RestartableLinks(fed.net.links(host.public))
+        self.links = (ObservableLinks if fed.observable else RestartableLinks)(fed.net.links(host.public))
         self.storage = fed.storage_factory(self)
         self.boot()
 
@@ -111,8 +137,9 @@ class Node:
 class MemoryFederation:
     def __init__(self, test: SynchronousTestCase, n: int, seed: int = 1, schedule: bool = False,
                  policy: SchedulePolicy = SchedulePolicy(interval=None), keystore: bool = False,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, observable: bool = False) -> None:
         self.test = test
+        self.observable = observable
         self.clock = Clock()
         self.clock.advance(START)
         hs = hosts(n, seed)
@@ -341,6 +368,43 @@ class MemoryDriverTests(DriverChecks, SynchronousTestCase):
         self.assertLess(fed.clock.seconds(), first + 20 * DAY + 60)
 
 
+class LinkUpTests(DriverChecks, SynchronousTestCase):
+    def test_link_up_brings_the_current_key_to_a_member_that_missed_it(self) -> None:
+        fed = MemoryFederation(self, 4, seed=4, observable=True)
+        away = fed.nodes[3]
+        others = fed.nodes[:3]
+        fed.net.silence(away.key)
+        for nd in others:
+            fed.request(nd)
+        fed.settle(lambda: fed.all_done(others))
+        r = self.check_agree(fed, others)
+        self.assertEqual(r.excluded, {away.key: Reason.SILENT_ROUND1})
+        fed.net.unsilence(away.key)
+        fed.settle()
+        self.assertIsNone(away.service.last_result)   # nobody told it anything
+        offers: list[bytes] = []
+
+        def count(peer, channel, payload):
+            if channel == CHANNEL_DKG and isinstance(m.decode_direct(payload), m.CertificateMessage):
+                offers.append(peer)
+            return [(peer, channel, payload)]
+        fed.net.set_byzantine(others[0].key, count)
+        # A flapping link: one offer per offer_spacing.
+        others[0].links.link_up(away.key)
+        others[0].links.link_up(away.key)
+        fed.settle()
+        late = away.service.last_result
+        self.assertEqual(late.certificate, r.certificate)
+        self.assertFalse(late.member)
+        self.assertEqual(away.storage.current(1), r.certificate)
+        self.assertEqual(offers, [away.key])
+        fed.clock.advance(others[0].service.offer_spacing)
+        others[0].links.link_up(away.key)
+        fed.settle()
+        self.assertEqual(offers, [away.key, away.key])
+        self.assertEqual(away.storage.certificates(1), [r.certificate])   # the repeat changed nothing
+
+
 class KeyStoreRestartTests(DriverChecks, SynchronousTestCase):
     """
     A member's process "dies" (all its objects dropped) and restarts from its
@@ -402,9 +466,10 @@ class KeyStoreRestartTests(DriverChecks, SynchronousTestCase):
 
 
 class StorageTests(SynchronousTestCase):
-    """What the key-store adapter keeps, including a second certified session of one epoch."""
+    """What both storages keep of an epoch with two certified sessions, whatever the order they come in."""
 
     def two_certificates(self):
+        """A run whose attempt 0 is certified late: (attempt 1's outcome, attempt 0's), as one honest member saw them."""
         from frostnode.dkg.run import AlsoCertified, RunCompleted
         from frostnode.dkg.session import Broadcast as B
         from tests.test_dkg_session import Federation
@@ -426,37 +491,181 @@ class StorageTests(SynchronousTestCase):
         h = fed.members[0]
         first = next(o for o in fed.outcomes[h] if isinstance(o, RunCompleted))
         also = next(o for o in fed.outcomes[h] if isinstance(o, AlsoCertified))
+        self.assertEqual((first.certificate.params.attempt, also.certificate.params.attempt), (1, 0))
         return first, also
 
-    def test_second_certified_session_is_kept_for_good(self) -> None:
-        first, also = self.two_certificates()
-        db = Database.open(self.mktemp())
-        self.addCleanup(db.close_sync)
-        st = KeyStoreDkgStorage(KeyStore(db), sync=True)
-        st.save_signed(also.pending)
-        st.save_signed(first.pending)
-        self.successResultOf(st.certify(first.pending, first.certificate, START))
-        self.successResultOf(st.certify(also.pending, also.certificate, START + 5))
-        self.successResultOf(st.finish_epoch(1, set()))
-        self.assertEqual(st.keys.get(1).session_id, first.certificate.params.session_id)
+    def keystore(self, path: Optional[str] = None) -> KeyStoreDkgStorage:
+        db = Database.open(path or self.mktemp())
+        self.addCleanup(lambda: None if db._closed else db.close_sync())
+        return KeyStoreDkgStorage(KeyStore(db), sync=True)
+
+    def check_both_kept(self, st, first, also) -> None:
+        a1, a0 = first.certificate, also.certificate
+        self.assertEqual(st.current(1), a1)
+        self.assertEqual(st.certificates(1), [a0, a1])
         self.assertEqual(st.last_epoch(), 1)
-        sid = also.certificate.params.session_id
-        self.assertEqual(list(st.load_signed()), [sid])
-        cert, pk = st.also_certified()[sid]
-        self.assertEqual(cert, also.certificate)
-        self.assertEqual(pk.key_package, also.pending.key_package)
-        self.assertEqual({c.params.session_id for c in st.certificates(1)},
-                         {sid, first.certificate.params.session_id})
-        # Not dropped when later epochs finish either.
-        self.successResultOf(st.finish_epoch(5, set()))
-        self.assertEqual(list(st.load_signed()), [sid])
+        self.assertEqual(st.load_signed(), {})
+        for outcome in (first, also):
+            self.assertEqual(st.signed_key(outcome.certificate.params).key_package, outcome.pending.key_package)
+
+    def test_keystore_keeps_both_and_picks_the_higher_attempt_in_either_order(self) -> None:
+        first, also = self.two_certificates()
+        path = self.mktemp()
+        stores = []
+        for order, where in (((first, also), path), ((also, first), None)):
+            st = self.keystore(where)
+            stores.append(st)
+            for o in order:
+                self.successResultOf(st.save_signed(o.pending, START))
+            self.assertEqual(set(st.load_signed(1)), {o.certificate.params.session_id for o in order})
+            for i, o in enumerate(order):
+                self.successResultOf(st.certify(o.pending, o.certificate, START + i))
+            self.successResultOf(st.certify(order[0].pending, order[0].certificate, START + 9))   # again: no-op
+            self.check_both_kept(st, first, also)
+            self.assertEqual(st.last_dkg(), START)
+            rec = st.keys.current(1)
+            self.assertEqual((rec.session_id, rec.attempt), (first.certificate.params.session_id, 1))
+            self.assertEqual(st.keys.newest_usable(), rec)
+        # And after a restart.
+        stores[0].keys._db.close_sync()
+        self.check_both_kept(self.keystore(path), first, also)
 
     def test_memory_storage_agrees(self) -> None:
         first, also = self.two_certificates()
-        st = MemoryDkgStorage()
-        st.save_signed(also.pending)
-        st.certify(first.pending, first.certificate, START)
-        st.certify(also.pending, also.certificate, START + 5)
-        st.finish_epoch(5, set())
-        self.assertEqual(list(st.load_signed()), [also.certificate.params.session_id])
-        self.assertEqual(len(st.certificates(1)), 2)
+        for order in ((first, also), (also, first)):
+            st = MemoryDkgStorage()
+            for o in order:
+                st.save_signed(o.pending, START)
+            for i, o in enumerate(order):
+                st.certify(o.pending, o.certificate, START + i)
+            self.check_both_kept(st, first, also)
+            self.assertEqual(st.last_dkg(), START)
+
+    def test_record_round_trip(self) -> None:
+        """A signed session's key comes back from its key-store record byte for byte (signature included)."""
+        first, _ = self.two_certificates()
+        back = pending_from_record(epoch_record(first.pending, START))
+        self.assertEqual(back.encode(), first.pending.encode())
+        rec = foreign_record(first.certificate, START)
+        self.assertFalse(rec.member)
+        self.assertEqual(rec.output_key, taproot_output_key(first.certificate.group_key.xbytes())[0])
+        self.assertRaises(ValueError, pending_from_record, rec)
+
+    def test_previous_layout_is_moved_into_records(self) -> None:
+        """Signed keys, late second certificates and foreign certificates the session table held before."""
+        first, also = self.two_certificates()
+        path = self.mktemp()
+        db = Database.open(path)
+        keys = KeyStore(db)
+        # The old layout: the epoch's record was the first certified session
+        # (read back as attempt 0), the other in the session table.
+        keys.put_pending_sync(replace(epoch_record(first.pending, START), attempt=0, agreement_signature=b""))
+        keys.certify_sync(1, first.certificate.encode(), START)
+        sid = also.certificate.params.session_id
+        keys.save_session_sync(b"dkg/signed/" + sid, also.pending.encode())
+        keys.save_session_sync(b"dkg/also/" + sid, also.certificate.encode())
+        foreign = self.two_certificates_of_epoch2()
+        keys.save_session_sync(b"dkg/foreign/" + (2).to_bytes(8, "big"),
+                               b"\x01" + round((START + 7) * 1e6).to_bytes(8, "big") + foreign.encode())
+        db.close_sync()
+        st = self.keystore(path)
+        self.assertEqual(st.keys.sessions(), {})
+        self.assertEqual(set(st.certificates(1)), {first.certificate, also.certificate})
+        self.assertEqual(st.signed_key(also.certificate.params).encode(), also.pending.encode())
+        self.assertEqual(st.current(2), foreign)
+        self.assertEqual(st.last_epoch(), 2)
+        self.assertEqual(st.last_dkg(), START + 7)
+
+    def two_certificates_of_epoch2(self) -> Certificate:
+        from tests.test_dkg_session import Federation
+        fed = Federation(4, seed=9, epoch=2)
+        fed.start()
+        fed.settle()
+        return fed.completed(fed.members[0]).certificate
+
+
+class DoubleCertificationTests(DriverChecks, SynchronousTestCase):
+    """
+    A member judged silent in attempt 0's agreement round sends its signature
+    after attempt 1 (without it) was certified: both attempts are certified.
+    Every member, including the late one restarted from its store, ends with
+    attempt 1 as the epoch's key.
+    """
+
+    def hold_agreement(self, fed: MemoryFederation, slow: Node, sid: bytes) -> list:
+        """Hold back C{slow}'s broadcast of its agreement signature of session C{sid}; return the held payloads."""
+        agree = m.tag(sid, Kind.AGREE)
+        key = bracha.instance_key(slow.key, agree)
+        held: list = []
+
+        def rewrite(peer, channel, payload):
+            if channel != CHANNEL_BROADCAST:
+                return [(peer, channel, payload)]
+            keep = []
+            for kind, tag, body in bracha.decode_batch(payload, 255, 1 << 20):
+                if kind == bracha.SEND and tag == agree:
+                    held.append((peer, bracha.encode_batch([bracha.encode_send(tag, body)])))
+                elif kind == bracha.SEND:
+                    keep.append(bracha.encode_send(tag, body))
+                elif kind == bracha.RESPONSE:
+                    if tag != key:
+                        keep.append(bracha.encode_response(tag, body))
+                else:
+                    keep.append(bytes((kind,)) + tag + body)
+            return [(peer, channel, bracha.encode_batch(keep))] if keep else []
+        fed.net.set_byzantine(slow.key, rewrite)
+        return held
+
+    def run_scenario(self, keystore: bool) -> None:
+        fed = MemoryFederation(self, 4, seed=31, keystore=keystore, delay=0.01)
+        slow = fed.nodes[3]
+        others = fed.nodes[:3]
+        sid0 = SessionParams(1, 0, 3, fed.members).session_id
+        held = self.hold_agreement(fed, slow, sid0)
+        fed.request(fed.nodes[0])
+        # The slow member holds every signature of attempt 0 (its own is local): it certifies it.
+        fed.settle(lambda: slow.storage.last_epoch() == 1)
+        self.assertEqual(slow.service.last_result.attempt, 0)
+        self.assertTrue(held, "the agreement signature was never sent")
+        # Then its process dies; the others time it out and certify attempt 1 without it.
+        fed.net.silence(slow.key)
+        fed.settle(lambda: fed.all_done(others))
+        a1 = self.check_agree(fed, others)
+        self.assertEqual(a1.attempt, 1)
+        self.assertEqual(a1.excluded, {slow.key: Reason.SILENT_AGREEMENT})
+        fed.settle(limit=60.0)   # what the others send it meanwhile is lost
+        self.assertEqual(slow.storage.certificates(1), [slow.service.last_result.certificate])
+        # It restarts from its store, and its signature of attempt 0 finally goes out.
+        fed.net.unsilence(slow.key)
+        slow.restart()
+        fed.net.set_byzantine(slow.key, None)
+        for peer, payload in held:
+            slow.links.send(peer, CHANNEL_BROADCAST, payload)
+        fed.settle(lambda: all(len(nd.storage.certificates(1)) == 2 for nd in fed.nodes))
+        fed.settle(limit=600.0)
+        for nd in fed.nodes:
+            certs = nd.storage.certificates(1)
+            self.assertEqual([c.params.attempt for c in certs], [0, 1], nd.key.hex()[:8])
+            self.assertEqual(nd.storage.current(1), a1.certificate, nd.key.hex()[:8])
+            self.assertEqual(nd.service.last_result.certificate, a1.certificate, nd.key.hex()[:8])
+        self.assertFalse(slow.service.last_result.member)    # excluded from attempt 1: no share of it
+        if keystore:
+            for nd in fed.nodes:
+                nd.restart()   # everyone's stores agree after a restart too
+            for nd in fed.nodes:
+                keys = nd.storage.keys
+                cur = keys.current(1)
+                self.assertEqual((cur.session_id, cur.certificate), (a1.session_id, a1.certificate.encode()))
+                # Both attempts' shares are kept: funds sent to either key are safe.
+                self.assertEqual(keys.record(1, sid0).status, EpochStatus.CERTIFIED)
+                self.assertTrue(keys.record(1, sid0).member)
+            for nd in others:
+                self.assertEqual(nd.storage.keys.newest_usable().session_id, a1.session_id)
+            self.assertIsNone(slow.storage.keys.newest_usable())
+            self.assertEqual(len({nd.storage.keys.get(1).output_key for nd in fed.nodes}), 1)
+
+    def test_late_signature_keystore(self) -> None:
+        self.run_scenario(keystore=True)
+
+    def test_late_signature_memory(self) -> None:
+        self.run_scenario(keystore=False)

@@ -19,13 +19,30 @@ the pure machines cannot:
     or says when it may.
   - B{Catches up.}  A member that restarts, was excluded, or was away asks
     every peer for what it missed (a C{STATUS} request naming the epoch and
-    the session it is waiting in); peers answer with their certificates of
-    that epoch and later ones, and with the agreement signatures they hold
+    the session it is waiting in); peers answer with their current
+    certificates of that epoch and later ones (and the certificate of that
+    session, if they hold one), and with the agreement signatures they hold
     for that session.  A certificate for a session we signed completes it
     (we hold the key); one for a session we are not in tells us the
     federation's key, of which we hold no share.  The same path takes a
     certificate attached to a later signing request
     (L{DkgService.offer_certificate}).
+  - B{Converges on one key per epoch.}  An epoch may end with more than one
+    certified session (see L{frostnode.dkg.run}); every certificate is
+    stored and the epoch's current one is the highest-ranked (see
+    L{frostnode.dkg.storage}).  Whenever our current certificate of an
+    epoch changes we offer it point-to-point on C{CHANNEL_DKG}: the first
+    one of an epoch to the peers outside its session (its members certify
+    it from the broadcast themselves), a later one that displaces another
+    to every peer, since they may have settled on the one it displaced.  A
+    restarted member asks for the certificates of its newest epoch and
+    later ones, and peers answer with their current ones; a link coming up
+    (when the links report it) gets our newest current certificate, at most
+    once per C{offer_spacing} per peer.  A certificate offered to us that
+    we do not hold yet is checked and stored, whatever its epoch, so each
+    member's current key is computed from the same certificates in the
+    end.  All of this is bounded: one message per peer per change, per
+    link-up, or per status request.
 
 Starting and joining are the same thing: attempt 0 of epoch e+1 over the
 current members has one session id, whoever computes it.  So a member whose
@@ -72,7 +89,7 @@ from frostnode.dkg.session import (
     SessionCompleted,
     SessionFailed,
 )
-from frostnode.dkg.storage import DkgStorage
+from frostnode.dkg.storage import DkgStorage, rank
 from frostnode.dkg.transcript import Certificate, InvalidCertificate, SessionParams
 from frostnode.identity import HostKeypair
 from frostnode.net.interfaces import CHANNEL_DKG, IBroadcast, ILinks
@@ -154,6 +171,8 @@ class DkgService(Service):
     @param threshold: t as a function of n.
     @param schedule: start runs from the policy's timer (off: on request and
         by joining only).
+    @param offer_spacing: seconds between two offers of our current
+        certificate to one peer on link-up.
     """
 
     log = Logger()
@@ -161,7 +180,8 @@ class DkgService(Service):
     def __init__(self, host: HostKeypair, members: Members, links: ILinks, broadcast: IBroadcast,
                  storage: DkgStorage, clock: IReactorTime, policy: SchedulePolicy = SchedulePolicy(),
                  config: RunConfig = RunConfig(), threshold: Callable[[int], int] = default_threshold,
-                 rand: Callable[[int], bytes] = os.urandom, schedule: bool = True) -> None:
+                 rand: Callable[[int], bytes] = os.urandom, schedule: bool = True,
+                 offer_spacing: float = 60.0) -> None:
         self.host = host
         self._members = members.host_keys if hasattr(members, "host_keys") else members  # type: ignore[union-attr]
         self.links = links
@@ -187,8 +207,17 @@ class DkgService(Service):
         #: Bytes we handed to the links and to the broadcast (payloads, not Bracha's overhead).
         self.bytes_direct = 0
         self.bytes_broadcast = 0
+        self.offer_spacing = offer_spacing
+        self._offered: dict[bytes, float] = {}
+        self._key_observers: list[Callable[[], None]] = []
+        #: Session ids of certificates checked and queued for the store.
+        self._adopting: set[bytes] = set()
         links.register(CHANNEL_DKG, self._direct)
         broadcast.subscribe(m.TAG_PREFIX, self._delivered)
+        # Not part of ILinks: PeerNetwork reports links coming up, memory links do not.
+        observe = getattr(links, "add_link_observer", None)
+        if observe is not None:
+            observe(self._link_changed)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -218,7 +247,7 @@ class DkgService(Service):
         if loaded is not None:
             state, closed = loaded
             if state.epoch > self.storage.last_epoch():
-                signed = self.storage.load_signed()
+                signed = self.storage.load_signed(state.epoch)
                 self.run, acts = DkgRun.recover(self.host, state, signed, self._now(), self.config, self._rand,
                                                 self.early, closed=closed)
                 cur = self.run.current
@@ -227,7 +256,9 @@ class DkgService(Service):
                 self.log.info("DKG epoch {epoch}: resuming after a restart at attempt {attempt} ({sessions} signed sessions)",
                               epoch=state.epoch, attempt=self.run.attempt, sessions=len(self.run.sessions) - (0 if cur is None or cur.signed else 1))
                 self._execute(acts)
-        self._ask_status(self.storage.last_epoch() + 1, waiting)
+        # From our newest epoch on, not the one after: a session of it may
+        # have been certified since, and outrank the certificate we hold.
+        self._ask_status(max(self.storage.last_epoch(), 1), waiting)
 
     # -- public API -------------------------------------------------------------------
 
@@ -266,6 +297,15 @@ class DkgService(Service):
             self.log.warn("undecodable DKG certificate from {culprit}: {why}", culprit=_short(sender or b""), why=str(e))
             return
         self._on_certificate(sender, cert)
+
+    def observe_keys(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback()} whenever an epoch's current key changed in the
+        store (a first certificate, or one that outranks it), after the
+        write is durable: for example the signing service's
+        C{epochs_changed}.
+        """
+        self._key_observers.append(callback)
 
     # -- starting -----------------------------------------------------------------------
 
@@ -397,9 +437,9 @@ class DkgService(Service):
                 self.log.warn("DKG epoch {epoch}: invalid certificate from {culprit}: {why}",
                               epoch=epoch, culprit=_short(sender or b""), why=str(e))
             return
-        if epoch <= self.storage.last_epoch():
-            return
-        # A later epoch than any we know: we were away or excluded.
+        sid = cert.params.session_id
+        if sid in self._adopting or any(c.params.session_id == sid for c in self.storage.certificates(epoch)):
+            return  # held already, or on its way to the store
         ms = set(self.members())
         try:
             if not set(cert.params.members) <= ms or cert.params.threshold < self.threshold(len(ms)):
@@ -409,33 +449,66 @@ class DkgService(Service):
             self.log.warn("DKG epoch {epoch}: invalid certificate from {culprit}: {why}",
                           epoch=epoch, culprit=_short(sender or b""), why=str(e))
             return
+        pending = self.storage.signed_key(cert.params)
+        if pending is not None and pending.agreement_hash != cert.message:
+            pending = None
+        self._adopting.add(sid)
+        if epoch <= self.storage.last_epoch():
+            # Another certified session of an epoch we hold a key of: keep
+            # it; it becomes current if it outranks ours.
+            self._execute([AlsoCertified(cert, pending)])
+            return
+        # A later epoch than any we know: we were away or excluded.
         if run is not None and run.outcome is None:
             self.log.warn("DKG epoch {epoch}: abandoning our run, the federation is already at epoch {newer}",
                           epoch=run.epoch, newer=epoch)
-        pending = self.storage.load_signed().get(cert.params.session_id)
-        if pending is not None and pending.agreement_hash != cert.message:
-            pending = None
         self.run = None
         self._execute([RunCompleted(cert, pending, {})])
         if sender is not None:
             self._ask_status(epoch + 1, m.NO_SESSION, [sender])
 
     def _answer_status(self, peer: bytes, req: m.StatusRequest) -> None:
+        """
+        Our current certificate of each epoch from the one asked for (at most
+        C{MAX_CATCH_UP} epochs), the certificate of the session the peer
+        waits in if we hold one, and the agreement signatures we hold for it.
+        """
         certs: dict[bytes, Certificate] = {}
         last = self.storage.last_epoch()
         for e in range(req.epoch, min(last, req.epoch + MAX_CATCH_UP - 1) + 1):
-            for c in self.storage.certificates(e):
+            held = self.storage.certificates(e)
+            for c in held[-1:] + [c for c in held if c.params.session_id == req.session_id]:
                 certs[c.params.session_id] = c
-        if self.run is not None and self.run.epoch >= req.epoch:
-            for c in self.run.certificates():
-                certs[c.params.session_id] = c
-        out = [m.CertificateMessage(c) for c in certs.values()]
-        if req.session_id != m.NO_SESSION and self.run is not None:
-            sigs = self.run.signatures(req.session_id)
+        run = self.run
+        if run is not None and run.epoch >= req.epoch:
+            # Certified in this run but perhaps not stored yet (the write is in flight).
+            ours = run.certificates()
+            best = max(ours, key=rank, default=None)
+            for c in ours:
+                if c is best or c.params.session_id == req.session_id:
+                    certs[c.params.session_id] = c
+        out: list = [m.CertificateMessage(c) for c in certs.values()]
+        if req.session_id != m.NO_SESSION and run is not None:
+            sigs = run.signatures(req.session_id)
             if sigs:
                 out.append(m.Signatures(req.session_id, sigs))
         for msg in out:
             self._send(peer, m.encode_direct(msg))
+
+    def _link_changed(self, peer: bytes, up: bool) -> None:
+        """A link came up: the peer may have missed our current key (bounded per peer by C{offer_spacing})."""
+        if not up or not self.running or self._halted:
+            return
+        now = self._now()
+        last = self._offered.get(peer)
+        if last is not None and now - last < self.offer_spacing:
+            return
+        epoch = self.storage.last_epoch()
+        cert = self.storage.current(epoch) if epoch else None
+        if cert is None:
+            return
+        self._offered[peer] = now
+        self._send(peer, m.encode_direct(m.CertificateMessage(cert)))
 
     def _ask_status(self, epoch: int, session_id: bytes, peers: Optional[list[bytes]] = None) -> None:
         payload = m.encode_direct(m.StatusRequest(epoch, session_id))
@@ -488,7 +561,7 @@ class DkgService(Service):
         elif isinstance(a, SendDirect):
             self._send(a.peer, a.payload)
         elif isinstance(a, PersistSigned):
-            return self.storage.save_signed(a.pending)
+            return self.storage.save_signed(a.pending, now)
         elif isinstance(a, SaveRun):
             return self.storage.save_run(a.state)
         elif isinstance(a, Blame):
@@ -503,11 +576,12 @@ class DkgService(Service):
         elif isinstance(a, RunCompleted):
             return self._run_completed(a, now)
         elif isinstance(a, AlsoCertified):
-            self.log.error("DKG epoch {epoch}: attempt {attempt} was certified too, after another attempt; "
-                           "keeping its key {key} as well", epoch=a.certificate.params.epoch,
-                           attempt=a.certificate.params.attempt, key=a.certificate.group_key.encode().hex())
-            if a.pending is not None:
-                return self.storage.certify(a.pending, a.certificate, now)
+            p = a.certificate.params
+            self.log.warn("DKG epoch {epoch}: another session was certified too (attempt {attempt}, "
+                          "key {key}, {role}); keeping it, the highest attempt is the epoch's key",
+                          epoch=p.epoch, attempt=p.attempt, key=a.certificate.group_key.encode().hex(),
+                          role="we hold a share" if a.pending is not None else "we hold no share")
+            return self._store_certificate(a.certificate, a.pending, now)
         elif isinstance(a, RunFailed):
             return self._run_failed(a, now)
         return None
@@ -525,23 +599,72 @@ class DkgService(Service):
         # Someone may hold a certificate we missed (we might be the one excluded).
         self._ask_status(p.epoch, p.session_id if a.signed else m.NO_SESSION)
 
+    def _store_certificate(self, cert: Certificate, pending, now: float) -> Deferred:
+        """Store a certificate (with our key if we are in its session), then act if the epoch's current one changed."""
+        epoch = cert.params.epoch
+        if pending is None:
+            pending = self.storage.signed_key(cert.params)
+            if pending is not None and pending.agreement_hash != cert.message:
+                pending = None
+        before = self.storage.current(epoch)
+        if pending is not None:
+            d = self.storage.certify(pending, cert, now)
+        else:
+            d = self.storage.record_foreign(cert, now)
+        d.addCallback(lambda _: self._current_changed(epoch, before))
+        d.addBoth(self._stored, cert.params.session_id)
+        return d
+
+    def _stored(self, result: object, sid: bytes) -> object:
+        self._adopting.discard(sid)
+        return result
+
+    def _current_changed(self, epoch: int, before: Optional[Certificate]) -> None:
+        """After a durable certificate write: offer, report and announce the epoch's current key if it changed."""
+        after = self.storage.current(epoch)
+        if after is None or after == before:
+            return
+        p = after.params
+        if before is not None:
+            self.log.warn("DKG epoch {epoch}: the current key is now attempt {attempt}'s {key}, "
+                          "which outranks attempt {previous}'s", epoch=epoch, attempt=p.attempt,
+                          key=after.group_key.encode().hex(), previous=before.params.attempt)
+        # Members of its session certify a first certificate from the
+        # broadcast; one that displaces another goes to everyone, who may
+        # have settled on the other.
+        payload = m.encode_direct(m.CertificateMessage(after))
+        for peer in self.links.peers():
+            if before is not None or peer not in p:
+                self._send(peer, payload)
+        last = self.last_result
+        if epoch == self.storage.last_epoch() and (last is None or last.epoch <= epoch):
+            excluded = dict(last.excluded) if last is not None and last.epoch == epoch else {}
+            self.last_result = self._result(after, excluded)
+        for observer in list(self._key_observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("key observer failed after epoch {epoch} changed", epoch=epoch)
+
+    def _result(self, cert: Certificate, excluded: Mapping[bytes, Reason]) -> DkgResult:
+        pending = self.storage.signed_key(cert.params)
+        return DkgResult(cert.params.epoch, True, dict(excluded), cert, None if pending is None else pending.key_package)
+
     def _run_completed(self, a: RunCompleted, now: float) -> Deferred:
         cert = a.certificate
         p = cert.params
-        if a.pending is not None:
-            d = self.storage.certify(a.pending, cert, now)
-        else:
-            d = self.storage.record_foreign(cert, now)
-        run = self.run
-        keep = {sid for sid, s in run.sessions.items() if s.signed and sid != p.session_id} if run is not None else set()
-        d.addCallback(lambda _: self.storage.finish_epoch(p.epoch, keep))
-        result = DkgResult(p.epoch, True, dict(a.exclusions), cert, None if a.pending is None else a.pending.key_package)
+        d = self._store_certificate(cert, a.pending, now)
+        d.addCallback(lambda _: self.storage.finish_run())
 
         def announce(_: object) -> None:
+            # Normally the run's certificate; one that outranks it if we already held that.
+            current = self.storage.current(p.epoch) or cert
+            result = self._result(current, a.exclusions)
+            q = current.params
             self.log.info("DKG epoch {epoch}: new key certified (attempt {attempt}, {n} members, t = {t}); "
                           "internal key {internal}, output key {output}; {role}; excluded: {excluded}",
-                          epoch=p.epoch, attempt=p.attempt, n=p.n, t=p.threshold,
-                          internal=cert.group_key.encode().hex(), output=result.output_key.hex(),
+                          epoch=q.epoch, attempt=q.attempt, n=q.n, t=q.threshold,
+                          internal=current.group_key.encode().hex(), output=result.output_key.hex(),
                           role="we hold a share" if result.member else "we hold no share",
                           excluded={h.hex(): r.name for h, r in a.exclusions.items()})
             self._finish(result)

@@ -58,7 +58,9 @@ its signature arrives later, attempt k can be certified even though attempt
 k+1 was certified too.  Every member of both sessions then holds valid
 shares of both keys, so funds sent to either are safe.  The run reports the
 first certificate it sees as its outcome and any later one as
-L{AlsoCertified}; the driver keeps both key packages.
+L{AlsoCertified}; the driver stores both, and the epoch's current key is
+the certified session with the highest attempt, whatever the order they
+arrived in (see L{frostnode.dkg.storage} and L{frostnode.store.keys}).
 """
 
 from __future__ import annotations

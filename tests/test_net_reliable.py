@@ -26,6 +26,19 @@ class SendQueueTests(SynchronousTestCase):
         self.assertEqual(q.base, 4)
         self.assertEqual(q.queued_bytes, 4)
 
+    def test_cumulative_ack_releases_payload_bytes(self) -> None:
+        """
+        The byte budget is the payloads', not the entries': after a peer
+        acknowledges everything, the queue is empty and takes a full budget
+        again (a leak here made every send to a live peer fail after a while).
+        """
+        q = SendQueue(PEER, 100, 1000)
+        for _ in range(3):
+            ids = [q.push(2, b"x" * 300) for _ in range(3)]
+            self.assertEqual(q.queued_bytes, 900)
+            self.assertEqual(q.ack(ids[-1], []), 3)
+            self.assertEqual(q.queued_bytes, 0)
+
     def test_selective_ack(self) -> None:
         q = SendQueue(PEER, 10, 1000)
         for i in range(5):

@@ -112,7 +112,7 @@ class SendQueue:
             msg_id = next(iter(pending))
             if msg_id > cumulative:
                 break
-            _, payload = pending.popitem(last=False)
+            _, (_, payload) = pending.popitem(last=False)
             self.queued_bytes -= len(payload)
             removed += 1
         for msg_id in ids:

@@ -475,6 +475,10 @@ def build_node(config: Config, keys: NodeKeys, reactor: Any,
                                        directory=node.directory, links=node.peers,
                                        network=config.federation.network)
     node.client.setServiceParent(node)
+    # Seam: the client-facing "sign" command (library, CLI and HTTP codec)
+    # does not exist yet.  When it lands it is registered here, over
+    # node.signing.sign(scheme, request, ciphersuite):
+    #     node.client.api.register_command("sign", <handler from frostnode.client/signing>)
     if config.metrics.enabled:
         node.metrics = Registry()
         watch_node(node.metrics, node)

@@ -513,6 +513,9 @@ def watch_node(registry: Registry, node: Node) -> None:
         return 0 if newest is None else newest.epoch
 
     registry.gauge_callback("frostnode_epoch", "Epoch of the newest usable federation key (0: none yet).", epoch)
+    latency = registry.histogram("frostnode_broadcast_latency_seconds",
+                                 "Seconds from the start of one of our reliable broadcasts to its delivery here.")
+    node.broadcast.observe_latency(latency.observe)
 
 
 class _TwistdRoot(MultiService):

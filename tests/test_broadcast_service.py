@@ -262,3 +262,28 @@ class ReliableBroadcastTests(SynchronousTestCase):
         self.assertEqual(len(errors), 3)
         for m in fed.members:
             self.assertEqual(fed.seen[m], [(fed.members[0], b"small", b"x" * 10)])
+
+
+class LatencyObserverTests(SynchronousTestCase):
+    def test_own_broadcast_latency_is_the_protocol_round(self) -> None:
+        """
+        With 5 ms links, SEND, ECHO and READY take three link delays before
+        2f+1 READYs deliver here: the observer sees 15 ms, once, and only for
+        our own broadcasts.
+        """
+        clock = Clock()
+        members = member_keys(4)
+        net = MemoryNetwork(clock, members, delay=0.005)
+        nodes = [ReliableBroadcast(net.links(m), members, clock) for m in members]
+        seen: list[float] = []
+        nodes[0].observe_latency(seen.append)
+        for node in nodes:
+            node.startService()
+        nodes[0].broadcast(b"t/1", b"mine")
+        nodes[1].broadcast(b"t/1", b"theirs")
+        for _ in range(6):
+            while any(c.getTime() <= clock.seconds() for c in clock.getDelayedCalls()):
+                clock.advance(0)  # this instant's turns (flushes) first
+            clock.advance(0.005)
+        self.assertEqual(len(seen), 1)
+        self.assertAlmostEqual(seen[0], 0.015, places=6)

@@ -94,6 +94,10 @@ class ReliableBroadcast(Service):
         self._recent: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._recent_max = recent_deliveries
         self._handled_waiters: list[tuple[int, Deferred]] = []
+        # Start times of our own broadcasts, for the latency observers; bounded
+        # like the core's open instances (an undelivered one ages out).
+        self._started: OrderedDict[bytes, float] = OrderedDict()
+        self._latency_observers: list[Callable[[float], None]] = []
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._sweep_interval = sweep_interval
@@ -126,7 +130,20 @@ class ReliableBroadcast(Service):
 
         @raise ValueError: see L{Bracha.broadcast}.
         """
-        self._apply(self.core.broadcast(tag, payload))
+        actions = self.core.broadcast(tag, payload)
+        if self._latency_observers:
+            self._started[tag] = self.clock.seconds()
+            if len(self._started) > self._recent_max:
+                self._started.popitem(last=False)
+        self._apply(actions)
+
+    def observe_latency(self, callback: Callable[[float], None]) -> None:
+        """
+        Call C{callback(seconds)} when one of our own broadcasts is delivered
+        here: the time from L{broadcast} to delivery, which needs 2f+1 READYs,
+        so it measures the whole protocol round, not just our links.
+        """
+        self._latency_observers.append(callback)
 
     def subscribe(self, prefix: bytes, callback: Subscriber) -> None:
         """Call C{callback(sender, tag, payload)} for every delivery whose tag starts with C{prefix}."""
@@ -252,6 +269,12 @@ class ReliableBroadcast(Service):
                 self.bytes_sent += len(p)
 
     def _deliver(self, d: Deliver) -> None:
+        if d.sender == self.links.local and self._latency_observers:
+            started = self._started.pop(d.tag, None)
+            if started is not None:
+                elapsed = self.clock.seconds() - started
+                for observe in self._latency_observers:
+                    observe(elapsed)
         key = (d.sender, d.tag)
         self._recent[key] = d.payload
         if len(self._recent) > self._recent_max:

@@ -14,6 +14,7 @@ cleanup whatever happened.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -277,6 +278,9 @@ class FederationTests(TestCase):
         metrics = yield http_get(f"http://127.0.0.1:{fed.metrics_port}/metrics")
         for line in ("frostnode_links_up 2", "frostnode_peers 2", "frostnode_epoch 1"):
             self.assertIn(line + "\n", metrics.decode())
+        # The DKG broadcast at least its round-1 package and agreement signature.
+        count = re.search(r"^frostnode_broadcast_latency_seconds_count (\d+)$", metrics.decode(), re.M)
+        self.assertGreaterEqual(int(count.group(1)), 2)
         pubkey = json.loads((yield http_get(f"http://127.0.0.1:{fed.http_port}/v1/pubkey")))
         self.assertEqual(pubkey["output_key"], keys[0].output_key.hex())
 

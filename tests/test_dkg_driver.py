@@ -10,6 +10,7 @@ import random
 from dataclasses import replace
 from typing import Callable, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +28,7 @@ from frostnode.dkg.run import RunConfig
 from frostnode.dkg.scheduler import DAY, DkgTooSoon, SchedulePolicy
 from frostnode.dkg.session import Timeouts
 from frostnode.dkg.storage import (
+    DkgStorage,
     KeyStoreDkgStorage,
     MemoryDkgStorage,
     epoch_record,
@@ -137,7 +139,8 @@ class Node:
 class MemoryFederation:
     def __init__(self, test: SynchronousTestCase, n: int, seed: int = 1, schedule: bool = False,
                  policy: SchedulePolicy = SchedulePolicy(interval=None), keystore: bool = False,
-                 delay: float = 0.0, observable: bool = False) -> None:
+                 delay: float = 0.0, observable: bool = False,
+                 storage: Optional[Callable[["MemoryFederation"], DkgStorage]] = None) -> None:
         self.test = test
         self.observable = observable
         self.clock = Clock()
@@ -152,7 +155,10 @@ class MemoryFederation:
         self.rand = lambda k: rng.randbytes(k)
         self.dbs: dict[bytes, Database] = {}
         self.dirs: dict[bytes, str] = {}
-        self.storage_factory = self._keystore if keystore else (lambda node, reopen=False: MemoryDkgStorage())
+        if storage is not None:
+            self.storage_factory = lambda node, reopen=False: storage(self)
+        else:
+            self.storage_factory = self._keystore if keystore else (lambda node, reopen=False: MemoryDkgStorage())
         self.nodes = [Node(self, h) for h in hs]
         self.by_key = {nd.key: nd for nd in self.nodes}
 
@@ -190,6 +196,89 @@ class MemoryFederation:
 
     def all_done(self, nodes=None) -> bool:
         return all(nd.service.last_result is not None for nd in (nodes or self.nodes))
+
+
+class SlowDiskStorage(MemoryDkgStorage):
+    """
+    L{MemoryDkgStorage} on a disk that takes C{latency} seconds of the clock
+    to make a write durable: the write lands, and its Deferred fires, only
+    then.  L{lose_unflushed} is what a crash does to writes still in flight.
+    """
+
+    def __init__(self, clock: Clock, latency: float = 0.005) -> None:
+        super().__init__()
+        self.clock = clock
+        self.latency = latency
+        self._inflight: list = []
+
+    def _later(self, write: Callable[..., Deferred], *args) -> Deferred:
+        done: Deferred = Deferred()
+
+        def land() -> None:
+            self._inflight.remove(call)
+            write(*args).chainDeferred(done)
+        call = self.clock.callLater(self.latency, land)
+        self._inflight.append(call)
+        return done
+
+    def lose_unflushed(self) -> None:
+        for call in self._inflight:
+            call.cancel()
+        self._inflight.clear()
+
+    def save_run(self, state, closed: bool = False) -> Deferred:
+        return self._later(super().save_run, state, closed)
+
+    def finish_run(self) -> Deferred:
+        return self._later(super().finish_run)
+
+    def save_signed(self, pending, now: float) -> Deferred:
+        return self._later(super().save_signed, pending, now)
+
+    def certify(self, pending, certificate, now: float) -> Deferred:
+        return self._later(super().certify, pending, certificate, now)
+
+    def record_foreign(self, certificate, now: float) -> Deferred:
+        return self._later(super().record_foreign, certificate, now)
+
+
+def rewrite_own_broadcasts(change: Callable[[bytes, bytes], Optional[bytes]]) -> Callable:
+    """
+    A byzantine rewrite of a member's own broadcasts: C{change(tag, payload)}
+    returns the payload to send instead (the same one to every peer, so
+    Bracha still delivers it) or None to withhold the broadcast from all.
+    Point-to-point traffic and the member's part in others' broadcasts pass.
+    """
+    def rewrite(peer: bytes, channel: int, payload: bytes) -> list:
+        if channel != CHANNEL_BROADCAST:
+            return [(peer, channel, payload)]
+        records = []
+        for kind, tag, body in bracha.decode_batch(payload, 255, 1 << 20):
+            if kind == bracha.SEND:
+                body = change(tag, body)
+                if body is not None:
+                    records.append(bracha.encode_send(tag, body))
+            elif kind == bracha.RESPONSE:
+                records.append(bracha.encode_response(tag, body))
+            else:
+                records.append(bytes((kind,)) + tag + body)
+        return [(peer, channel, bracha.encode_batch(records))] if records else []
+    return rewrite
+
+
+def bad_share_to(victim: bytes, then: Optional[Callable] = None) -> Callable:
+    """The issue-577 attack: a wrong share to C{victim} only; other traffic through C{then}."""
+    def rewrite(peer: bytes, channel: int, payload: bytes) -> list:
+        if channel == CHANNEL_DKG and peer == victim:
+            msg = m.decode_direct(payload)
+            if isinstance(msg, m.Share):
+                return [(peer, channel, m.encode_direct(m.Share(msg.session_id, (msg.share + 1) % N)))]
+        return [(peer, channel, payload)] if then is None else then(peer, channel, payload)
+    return rewrite
+
+
+def kind_of(tag: bytes) -> Optional[Kind]:
+    return m.parse_tag(tag)[1] if tag.startswith(m.TAG_PREFIX) else None
 
 
 class DriverChecks:
@@ -251,22 +340,24 @@ class MemoryDriverTests(DriverChecks, SynchronousTestCase):
         self.assertEqual(late.certificate, r.certificate)
         self.assertEqual(silent.storage.last_epoch(), 1)
 
-    def test_issue_577_over_links(self) -> None:
-        fed = MemoryFederation(self, 7, seed=3)
-        culprit, victim = fed.nodes[1], fed.nodes[4]
-
-        def rewrite(peer, channel, payload):
-            if channel == CHANNEL_DKG and peer == victim.key:
-                msg = m.decode_direct(payload)
-                if isinstance(msg, m.Share):
-                    return [(peer, channel, m.encode_direct(m.Share(msg.session_id, (msg.share + 1) % N)))]
-            return [(peer, channel, payload)]
-        fed.net.set_byzantine(culprit.key, rewrite)
-        fed.request(fed.nodes[0])
-        fed.settle(fed.all_done)
-        # The culprit reveals the good share (it is honest apart from the bad
-        # private share): the complaint is dismissed and all keep one key.
-        self.check_agree(fed, fed.nodes)
+    def test_result_names_exclusions_while_the_run_is_still_being_closed(self) -> None:
+        """
+        The result is published as soon as the certificate is stored, while
+        the run's state is still being dropped (a second write): it must
+        already name whom the run excluded.
+        """
+        fed = MemoryFederation(self, 4, seed=2, storage=lambda fed: SlowDiskStorage(fed.clock))
+        silent = fed.nodes[1]
+        fed.net.silence(silent.key)
+        others = [nd for nd in fed.nodes if nd is not silent]
+        fed.request(others[0])
+        fed.settle(lambda: any(nd.service.last_result is not None for nd in others))
+        first = next(nd for nd in others if nd.service.last_result is not None)
+        self.assertIsNotNone(first.storage.run, "the run state is already gone: nothing in flight")
+        self.assertEqual(first.service.last_result.excluded, {silent.key: Reason.SILENT_ROUND1})
+        fed.settle(lambda: fed.all_done(others))
+        for nd in others:
+            self.assertEqual(nd.service.last_result.excluded, {silent.key: Reason.SILENT_ROUND1})
 
     def test_equivocating_round1_broadcast(self) -> None:
         """
@@ -366,6 +457,115 @@ class MemoryDriverTests(DriverChecks, SynchronousTestCase):
         self.assertEqual({n.service.last_result.epoch for n in fed.nodes}, {2})
         self.assertGreaterEqual(fed.clock.seconds(), first + 20 * DAY)
         self.assertLess(fed.clock.seconds(), first + 20 * DAY + 60)
+
+
+class Issue577OverLinksTests(DriverChecks, SynchronousTestCase):
+    """
+    ZF frost #577 over memory links and the real reliable broadcast: a
+    member sends one honest member a wrong share, then reveals nothing, a
+    wrong share or the right one when accused.  The honest members end with
+    one key among them: without the culprit, named in every result and log,
+    or, when the reveal clears it, with everyone on the first attempt.
+    """
+
+    def attack(self, reveal: Callable[[bytes], Optional[bytes]]):
+        """Run the attack with the culprit's reveal payloads passed through C{reveal}."""
+        fed = MemoryFederation(self, 7, seed=3)
+        culprit, victim = fed.nodes[1], fed.nodes[4]
+        honest = [nd for nd in fed.nodes if nd is not culprit]
+        reveals: list[bytes] = []
+
+        def change(tag: bytes, payload: bytes) -> Optional[bytes]:
+            if kind_of(tag) is not Kind.REVEAL:
+                return payload
+            reveals.append(payload)
+            return reveal(payload)
+        fed.net.set_byzantine(culprit.key, bad_share_to(victim.key, rewrite_own_broadcasts(change)))
+        with capturedLogs() as events:
+            fed.request(fed.nodes[0])
+            fed.settle(lambda: fed.all_done(honest))
+        self.assertTrue(reveals, "the culprit was never asked to reveal")
+        # The victim caught the bad share and said who sent it.
+        self.assertTrue([e for e in events if e.get("log_source") is victim.service
+                         and e.get("culprit") == culprit.key.hex()[:16] and "does not match" in e.get("what", "")])
+        return fed, culprit, honest, events
+
+    def check_culprit_excluded(self, reason: Reason, reveal: Callable[[bytes], Optional[bytes]]) -> list:
+        fed, culprit, honest, events = self.attack(reveal)
+        r = self.check_agree(fed, honest)
+        self.assertEqual(r.attempt, 1)
+        self.assertNotIn(culprit.key, r.certificate.params.members)
+        self.assertEqual(sorted(r.certificate.params.members), sorted(nd.key for nd in honest))
+        for nd in honest:
+            self.assertEqual(nd.service.last_result.excluded, {culprit.key: reason}, nd.key.hex()[:8])
+            named = [e for e in events if e.get("log_source") is nd.service and e.get("culprit") == culprit.key.hex()
+                     and e.get("reason") == reason.name]
+            self.assertTrue(named, f"{nd.key.hex()[:8]} did not log the exclusion")
+        # Nobody was excluded but the culprit.
+        excluded = {e["culprit"] for e in events if "reason" in e and "culprit" in e}
+        self.assertEqual(excluded, {culprit.key.hex()})
+        return honest, [e for e in events if e.get("culprit") == culprit.key.hex()[:16]]
+
+    def test_no_reveal(self) -> None:
+        self.check_culprit_excluded(Reason.NO_REVEAL, lambda payload: None)
+
+    def test_invalid_reveal(self) -> None:
+        honest, blamed = self.check_culprit_excluded(
+            Reason.INVALID_REVEAL, lambda payload: m.encode_reveal((m.decode_reveal(payload) + 1) % N))
+        # Every honest member checked the revealed share itself and says why.
+        judges = {e["log_source"] for e in blamed if "does not match its commitments" in e.get("what", "")}
+        self.assertLessEqual({nd.service for nd in honest}, judges)
+
+    def test_valid_reveal_keeps_one_key(self) -> None:
+        fed, culprit, honest, events = self.attack(lambda payload: payload)
+        # The reveal clears the complaint: everyone, the culprit too, on the first attempt.
+        r = self.check_agree(fed, fed.nodes)
+        self.assertEqual(r.attempt, 0)
+        self.assertEqual(len(r.certificate.params.members), 7)
+        for nd in fed.nodes:
+            self.assertEqual(nd.service.last_result.excluded, {})
+            self.assertEqual(nd.storage.certificates(1), [r.certificate], nd.key.hex()[:8])
+            self.assertEqual(nd.storage.signed, {})
+        self.assertEqual([e for e in events if "reason" in e and "culprit" in e], [])
+
+
+class AbortDurabilityTests(DriverChecks, SynchronousTestCase):
+    """
+    A session fails before we signed it and we crash just after our abort of
+    it has left.  After the restart we must neither abort that session again
+    (a second payload under one broadcast tag: equivocation) nor forget the
+    exclusions the failure drew (our next session would not be our peers').
+    """
+
+    def test_crash_right_after_our_abort(self) -> None:
+        fed = MemoryFederation(self, 7, seed=41, storage=lambda fed: SlowDiskStorage(fed.clock))
+        silent, victim = fed.nodes[5], fed.nodes[2]
+        honest = [nd for nd in fed.nodes if nd is not silent]
+        fed.net.silence(silent.key)
+        abort0 = m.tag(SessionParams(1, 0, 5, fed.members).session_id, Kind.ABORT)
+        aborts: list[bytes] = []
+
+        def watch(tag: bytes, payload: bytes) -> bytes:
+            if tag == abort0:
+                aborts.append(payload)
+            return payload
+        fed.net.set_byzantine(victim.key, rewrite_own_broadcasts(watch))
+        fed.request(fed.nodes[0])
+        fed.settle(lambda: bool(aborts))
+        self.assertTrue(aborts, "attempt 0 never failed")
+        victim.storage.lose_unflushed()
+        victim.restart()
+        fed.settle(lambda: fed.all_done(honest))
+        self.assertEqual(len(set(aborts)), 1, "two different aborts of one session")
+        self.assertEqual(m.decode_abort(aborts[0]), (False, {6: Reason.SILENT_ROUND1}))
+        r = self.check_agree(fed, honest)
+        self.assertEqual(r.excluded, {silent.key: Reason.SILENT_ROUND1})
+        self.assertIn(victim.key, r.certificate.params.members)
+        # Attempt 1 (without the silent member) was lost with the victim's
+        # polynomial; everyone restarted it once with the same members.
+        self.assertEqual(r.attempt, 2)
+        for nd in honest:
+            self.assertEqual(nd.service.run.restarts, {victim.key: 1}, nd.key.hex()[:8])
 
 
 class LinkUpTests(DriverChecks, SynchronousTestCase):

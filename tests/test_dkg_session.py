@@ -476,6 +476,28 @@ class RecoveryTests(DkgChecks, SynchronousTestCase):
             self.assertEqual(fed.runs[h].restarts, {victim: 1})
         self.assertEqual(fed.now, 0.0)  # no timeout was needed
 
+    def test_next_attempt_is_stored_before_the_abort_leaves(self) -> None:
+        """
+        A session we did not sign fails: the run's state for what comes next
+        (the next attempt, or the failed run) is out before our abort, so a
+        crash between them never leaves a stored run inside a session we
+        already aborted.
+        """
+        for down, after in ((1, SaveRun), (2, RunFailed)):
+            fed = Federation(4, seed=15)
+            fed.down.update(fed.members[:down])
+            fed.start()
+            fed.settle()
+            abort0 = m.tag(SessionParams(fed.epoch, 0, fed.t, fed.members).session_id, Kind.ABORT)
+            for h in fed.members[down:]:
+                acts = fed.actions[h]
+                abort = next(i for i, a in enumerate(acts) if isinstance(a, Broadcast) and a.tag == abort0)
+                nxt = next(i for i, a in enumerate(acts)
+                           if isinstance(a, after) and (after is RunFailed or a.state.attempt == 1))
+                self.assertLess(nxt, abort, f"{after.__name__} after the abort")
+                if after is SaveRun:
+                    self.assertEqual(acts[nxt].state.excluded, {fed.members[0]: Reason.SILENT_ROUND1})
+
     def test_repeated_restarts_exclude_the_member(self) -> None:
         fed = Federation(7, seed=14, config=RunConfig(FAST, max_restarts=1))
         victim = fed.members[0]

@@ -638,7 +638,14 @@ class DkgService(Service):
                 self._send(peer, payload)
         last = self.last_result
         if epoch == self.storage.last_epoch() and (last is None or last.epoch <= epoch):
-            excluded = dict(last.excluded) if last is not None and last.epoch == epoch else {}
+            # Our run's exclusions if it certified this epoch: this result is
+            # published before the run is announced (its state is still
+            # being dropped), and must already name them.
+            outcome = self.run.outcome if self.run is not None and self.run.epoch == epoch else None
+            if isinstance(outcome, RunCompleted):
+                excluded = dict(outcome.exclusions)
+            else:
+                excluded = dict(last.excluded) if last is not None and last.epoch == epoch else {}
             self.last_result = self._result(after, excluded)
         for observer in list(self._key_observers):
             try:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dkg_run -*-
+# -*- test-case-name: tests.test_dkg_session -*-
 """
 One epoch's DKG run: attempts, exclusions and restarts, as a pure state machine.
 
@@ -49,6 +49,9 @@ A member that lost its state in a crash aborts the session it was in with a
 C{restarted} abort; everyone restarts with the same members.  More than
 C{max_restarts} such aborts from one member in a run exclude it
 (L{Reason.REPEATED_RESTARTS}), so a member cannot stall the run forever.
+The stored attempt moves on before a failed session's own abort leaves, so
+the session a member aborts after a crash is never one it already aborted
+(see L{DkgRun.recover}).
 
 Two certificates in one run
 ===========================
@@ -298,6 +301,15 @@ class DkgRun:
         current session is not among them we lost its secrets: we abort it
         with a C{restarted} abort, count that against ourselves as everyone
         else will, and begin the next attempt with the same members.
+
+        The stored session never already has an abort of ours: a failed
+        session's abort is broadcast only after the next attempt's
+        L{SaveRun} (see L{SessionFailed}), so a crash in between leaves the
+        next attempt stored, with the exclusions we drew, and that one is
+        what we abort here.  The C{restarted} abort is sent before the next
+        L{SaveRun} instead: a crash in between sends the same bytes again,
+        which is harmless, whereas the other order could lose it and leave
+        our peers waiting in the session for its deadline.
 
         @param closed: the run had already failed; only its signed sessions
             are resumed (they may still be certified), nothing new starts.

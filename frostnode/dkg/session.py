@@ -61,7 +61,8 @@ fails for everyone.
 Failure and what survives it
 ============================
 A failed session emits L{SessionFailed} with the exclusions (host key to
-L{Reason}); if we had not signed we also broadcast an abort for the record.
+L{Reason}); if we had not signed we then broadcast an abort for the record
+(after L{SessionFailed}, so the run's state is stored first: see there).
 A session we I{had} signed stays alive after failing: its signatures are all
 reliably broadcast, so it may still complete (a member judged silent was
 merely slow), and then its certificate is as good as any.  That is why a
@@ -160,6 +161,15 @@ class SessionCompleted(NamedTuple):
 class SessionFailed(NamedTuple):
     """
     The session cannot complete in our view.
+
+    It comes I{before} the abort we broadcast for the session (if we had
+    not signed), so that whatever the caller does about the failure (the
+    run persists the next attempt, with these exclusions) happens before
+    the abort leaves.  Otherwise a crash between the two would leave a
+    stored run still in this session: on recovery we would abort it again
+    as C{restarted}, a second payload under the same broadcast tag (we
+    would look equivocating), and start the next attempt without the
+    exclusions we had drawn, so with another session id than our peers.
 
     @ivar exclusions: host key to reason, for the next attempt.
     @ivar signed: we had signed; the session may still complete later.
@@ -735,13 +745,14 @@ class DkgSession:
         exclusions = {h: r for h, r in exclusions.items() if h != self.host.public or r.is_evidence}
         self.exclusions = dict(exclusions)
         self._secret = None
-        out: list[Action] = []
+        # SessionFailed first: the run's reaction to it (the next attempt's
+        # SaveRun) must be durable before our abort leaves.  See SessionFailed.
+        out: list[Action] = [SessionFailed(self.params, dict(exclusions), self.signed, self._restarted_by)]
         if not self.signed:
             self._sent.clear()
             p = self.params
             claims = {p.identifier(h): r for h, r in exclusions.items() if h in p}
             out.append(Broadcast(m.tag(self.sid, Kind.ABORT), m.encode_abort(False, claims)))
-        out.append(SessionFailed(self.params, dict(exclusions), self.signed, self._restarted_by))
         return out
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dkg_transcript -*-
+# -*- test-case-name: tests.test_dkg_messages -*-
 """
 What a DKG session I{is}, and what its members sign to agree on its outcome.
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from frostnode.crypto.group import G, N
+from frostnode.crypto.group import G, N, scalar_to_bytes
 from frostnode.crypto.keygen import trusted_dealer_keygen
 from frostnode.dkg import messages as m
 from frostnode.dkg.messages import ComplaintReason, Kind, Reason
 from frostnode.dkg.run import EarlyBuffer, RunState
-from frostnode.dkg.session import PendingKey
+from frostnode.dkg.driver import DkgResult
+from frostnode.dkg.session import PendingKey, PersistSigned, SendDirect, SessionCompleted
 from frostnode.dkg.transcript import (
     Certificate,
     InvalidCertificate,
@@ -20,7 +21,7 @@ from frostnode.dkg.transcript import (
     agreement_hash,
     commitments_hash,
 )
-from tests.test_dkg_session import hosts
+from tests.test_dkg_session import Federation, hosts
 
 
 class SessionParamsTests(SynchronousTestCase):
@@ -197,3 +198,49 @@ class EarlyBufferTests(SynchronousTestCase):
         self.assertEqual([item for _, item in b.take(b"s1")], [("x", 2), ("x", 3), ("x", 4)])
         self.assertEqual(b.take(b"s1"), [])
         self.assertEqual(b.take(b"s2"), [(b"bob", ("y", 0))])
+
+
+class SecretReprTests(SynchronousTestCase):
+    """
+    Nothing that holds a secret share contribution or a key share prints it:
+    reprs end up in logs, tracebacks and test-failure messages.
+    """
+
+    def assertHidden(self, obj: object, secrets: set[int]) -> None:
+        text = f"{obj!r} {obj!s}"
+        for k in secrets:
+            for form in (str(k), f"{k:x}", f"{k:064x}", repr(scalar_to_bytes(k))[2:-1]):
+                self.assertNotIn(form, text, f"{type(obj).__name__} shows a secret")
+
+    def test_share_message(self) -> None:
+        share = 0x5EC2E7 * 10**60 % N
+        msg = m.Share(bytes(range(32)), share)
+        for obj in (msg, m.decode_direct(m.encode_direct(msg)), SendDirect(b"p" * 32, m.encode_direct(msg))):
+            self.assertHidden(obj, {share})
+        self.assertIn("Share(session_id=", repr(msg))
+
+    def test_every_dkg_object_along_a_run(self) -> None:
+        """Mid-session (shares sent and received) and after: sessions, runs, actions, outcomes, results."""
+        fed = Federation(4, seed=16)
+        fed.start()
+        fed.pump_only(lambda item: item[0] == "b")   # round 1 everywhere: shares in flight
+        first = fed.members[0]
+        fed.pump_only(lambda item: item[0] == "d" and item[1] == first)
+        shares = {m.decode_direct(a.payload).share for acts in fed.actions.values() for a in acts
+                  if isinstance(a, SendDirect) and isinstance(m.decode_direct(a.payload), m.Share)}
+        self.assertEqual(len(shares), 4 * 3)
+        early = EarlyBuffer()
+        early.add(bytes(32), first, ("share", min(shares)))
+        mid = [early] + [o for run in fed.runs.values() for o in (run, run.current)]
+        mid += [a for acts in fed.actions.values() for a in acts]
+        self.assertTrue(any(isinstance(a, PersistSigned) for a in mid))
+        for obj in mid:
+            self.assertHidden(obj, shares)
+        fed.settle()
+        outcomes = [fed.completed(h) for h in fed.members]
+        keys = {o.pending.key_package.secret_share for o in outcomes}
+        results = [DkgResult(1, True, {}, o.certificate, o.pending.key_package) for o in outcomes]
+        after = [a for acts in fed.actions.values() for a in acts] + outcomes + results
+        self.assertTrue(any(isinstance(a, SessionCompleted) for a in after))
+        for obj in after:
+            self.assertHidden(obj, shares | keys)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from frostnode.crypto.errors import InvalidEncoding
@@ -211,8 +211,14 @@ class DirectType(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Share:
+    """
+    f_i(j), our secret polynomial at the recipient's identifier: with t of
+    them anyone holds the recipient's key share, so it is left out of the
+    repr (and thereby of logs and test-failure messages).
+    """
+
     session_id: bytes
-    share: int
+    share: int = field(repr=False)
 
 
 @dataclass(frozen=True)

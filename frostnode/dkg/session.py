@@ -139,6 +139,10 @@ class SendDirect(NamedTuple):
     peer: bytes
     payload: bytes
 
+    def __repr__(self) -> str:
+        # The payload may be a secret share (a Share message): print its size only.
+        return f"SendDirect(peer={self.peer.hex()[:16]}, payload=<{len(self.payload)} bytes>)"
+
 
 class PersistSigned(NamedTuple):
     """

@@ -513,6 +513,11 @@ def watch_node(registry: Registry, node: Node) -> None:
         return 0 if newest is None else newest.epoch
 
     registry.gauge_callback("frostnode_epoch", "Epoch of the newest usable federation key (0: none yet).", epoch)
+    dkg = node.dkg
+    registry.counter_callback("frostnode_dkg_runs_total", "Distributed key generations this node started or joined.",
+                              lambda: dkg.runs_started)
+    registry.counter_callback("frostnode_dkg_failures_total", "Distributed key generations that ended without a key.",
+                              lambda: dkg.runs_failed)
     latency = registry.histogram("frostnode_broadcast_latency_seconds",
                                  "Seconds from the start of one of our reliable broadcasts to its delivery here.")
     node.broadcast.observe_latency(latency.observe)

@@ -276,7 +276,8 @@ class FederationTests(TestCase):
 
         # Member 0's metrics and HTTP API tell the same story.
         metrics = yield http_get(f"http://127.0.0.1:{fed.metrics_port}/metrics")
-        for line in ("frostnode_links_up 2", "frostnode_peers 2", "frostnode_epoch 1"):
+        for line in ("frostnode_links_up 2", "frostnode_peers 2", "frostnode_epoch 1",
+                     "frostnode_dkg_runs_total 1", "frostnode_dkg_failures_total 0"):
             self.assertIn(line + "\n", metrics.decode())
         # The DKG broadcast at least its round-1 package and agreement signature.
         count = re.search(r"^frostnode_broadcast_latency_seconds_count (\d+)$", metrics.decode(), re.M)

@@ -210,6 +210,9 @@ class DkgService(Service):
         self.offer_spacing = offer_spacing
         self._offered: dict[bytes, float] = {}
         self._key_observers: list[Callable[[], None]] = []
+        #: Runs this node started or joined, and those that ended without a key (metrics).
+        self.runs_started = 0
+        self.runs_failed = 0
         #: Session ids of certificates checked and queued for the store.
         self._adopting: set[bytes] = set()
         links.register(CHANNEL_DKG, self._direct)
@@ -348,6 +351,7 @@ class DkgService(Service):
         if params is None or self.host.public not in params:
             return fail(ValueError("we are not in a valid member list, so cannot run a DKG"))
         self.run = DkgRun(self.host, params.epoch, params.threshold, params.members, self.config, self._rand, self.early)
+        self.runs_started += 1
         self.log.info("DKG epoch {epoch}: starting with {n} members, t = {t}", epoch=params.epoch, n=params.n, t=params.threshold)
         d = self._wait()
         self._execute(self.run.start(self._now()))
@@ -367,6 +371,8 @@ class DkgService(Service):
 
     def _finish(self, result: DkgResult) -> None:
         self.last_result = result
+        if not result.ok:
+            self.runs_failed += 1
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(result)

@@ -10,7 +10,9 @@ truncated file fails with a clear message::
     host-key 5f1c...64 hex digits...
 
 Comment and blank lines are ignored; exactly one C{<kind> <hex>} line must
-remain.  Files are created with C{O_EXCL} and mode 0600 (never overwritten),
+remain.  L{read_key_file} and L{write_key_file} serve every secret file in
+this format, whatever the key's length (the onion service key of
+L{frostnode.tor} is 64 bytes).  Files are created with C{O_EXCL} and mode 0600 (never overwritten),
 and on load a file that group or others may read or write is I{refused}, as
 OpenSSH refuses an unprotected private key: starting a node whose identity
 may already have leaked would hide the problem.  The check is made on the
@@ -23,6 +25,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from coincurve import PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -84,14 +87,19 @@ class NodeKeys:
     noise: NoiseKeypair
 
 
-def write_key_file(path: Path, kind: str, secret: bytes) -> None:
+def write_key_file(path: Path, kind: str, secret: bytes, comment: Optional[str] = None) -> None:
     """
     Create C{path} holding C{secret}, owner-only, refusing to replace an
     existing file (an overwritten host key is a lost identity).
 
+    @param kind: the tag of the key's line, which L{read_key_file} checks.
+    @param comment: what the C{#} lines above it say (one per line of
+        C{comment}); default: this module's text for C{kind}.
     @raise KeyFileError: if the file exists or cannot be created.
     """
-    text = f"# {_COMMENTS[kind]}\n{kind} {secret.hex()}\n"
+    if comment is None:
+        comment = _COMMENTS[kind]
+    text = "".join(f"# {line}\n" for line in comment.splitlines()) + f"{kind} {secret.hex()}\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -106,13 +114,18 @@ def write_key_file(path: Path, kind: str, secret: bytes) -> None:
         os.close(fd)
 
 
-def read_key_file(path: Path, kind: str) -> bytes:
+def read_key_file(path: Path, kind: str, length: int = 32, name: Optional[str] = None) -> bytes:
     """
-    The 32-byte secret of kind C{kind} in C{path}, after the permission check
-    described in the module docstring.
+    The C{length}-byte secret of kind C{kind} in C{path}, after the
+    permission check described in the module docstring.  Only the form is
+    checked here: whether the bytes make a valid key is the caller's test.
 
+    @param kind: the tag its line must carry.
+    @param name: what the error messages call the key (default C{kind}).
     @raise KeyFileError: naming the file and what is wrong with it.
     """
+    if name is None:
+        name = kind
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
@@ -132,24 +145,25 @@ def read_key_file(path: Path, kind: str) -> bytes:
     finally:
         os.close(fd)
     if len(data) > _MAX_KEY_FILE:
-        raise KeyFileError(path, f"is too large to be a {kind} file")
+        article = "an" if name[:1] in "aeiou" else "a"
+        raise KeyFileError(path, f"is too large to be {article} {name} file")
     try:
         lines = [ln.strip() for ln in data.decode("ascii").splitlines()]
     except UnicodeDecodeError:
-        raise KeyFileError(path, f"is not a frostnode {kind} file (not text)") from None
+        raise KeyFileError(path, f"is not a frostnode {name} file (not text)") from None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    expected = f"a single line '{kind} <64 hex digits>'"
+    expected = f"a single line '{kind} <{2 * length} hex digits>'"
     if len(lines) != 1:
-        raise KeyFileError(path, f"is not a frostnode {kind} file (expected {expected})")
+        raise KeyFileError(path, f"is not a frostnode {name} file (expected {expected})")
     found_kind, _, value = lines[0].partition(" ")
     if found_kind != kind:
-        raise KeyFileError(path, f"is not a frostnode {kind} file (it holds a {found_kind!r} line; expected {expected})")
+        raise KeyFileError(path, f"is not a frostnode {name} file (it holds a {found_kind!r} line; expected {expected})")
     try:
         secret = bytes.fromhex(value.strip())
     except ValueError:
         secret = b""
-    if len(secret) != 32:
-        raise KeyFileError(path, f"has a malformed {kind} (expected {expected})")
+    if len(secret) != length:
+        raise KeyFileError(path, f"has a malformed {name} (expected {expected})")
     return secret
 
 

@@ -54,7 +54,6 @@ import hashlib
 import os
 import shlex
 import shutil
-import stat
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -85,10 +84,12 @@ from txtorcon.util import SingleObserver, find_keywords
 from zope.interface import implementer
 
 from frostnode.config import Config, TorSection, format_duration
-from frostnode.keys import KeyFileError
+from frostnode.keys import KeyFileError, read_key_file, write_key_file
 from frostnode.net.peers import parse_tcp_address, tcp_endpoint
 
 ONION_KEY_KIND = "onion-key"
+#: Bytes of an expanded ED25519-V3 key (scalar, then nonce prefix).
+ONION_KEY_LENGTH = 64
 #: Onion service protocol version in the address (rend-spec-v3 6).
 ONION_VERSION = b"\x03"
 #: How long a launched tor may take to open its control listener.
@@ -99,7 +100,6 @@ STOP_TIMEOUT = 10.0
 PROGRESS_INTERVAL = 60.0
 #: Longest control socket path used (sun_path holds 108 bytes, NUL included).
 MAX_SOCKET_PATH = 100
-_MAX_KEY_FILE = 4096
 _TOR_SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 
 
@@ -130,8 +130,8 @@ def generate_onion_key(seed: Optional[bytes] = None) -> bytes:
 
 def check_onion_key(key: bytes) -> None:
     """@raise ValueError: C{key} is not a 64-byte expanded key with a clamped scalar."""
-    if len(key) != 64:
-        raise ValueError(f"an expanded ED25519-V3 key is 64 bytes, not {len(key)}")
+    if len(key) != ONION_KEY_LENGTH:
+        raise ValueError(f"an expanded ED25519-V3 key is {ONION_KEY_LENGTH} bytes, not {len(key)}")
     if key[0] & 7 or key[31] & 128 or not key[31] & 64:
         raise ValueError("the key's scalar is not clamped: not an expanded Ed25519 key")
 
@@ -170,21 +170,9 @@ def write_onion_key(path: Path, key: bytes) -> None:
     @raise KeyFileError: if the file exists or cannot be created.
     """
     check_onion_key(key)
-    text = (f"# frostnode onion service key (Tor ED25519-V3, expanded): it fixes this member's\n"
-            f"# address {onion_address(key)}. Keep this file secret.\n"
-            f"{ONION_KEY_KIND} {key.hex()}\n")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(path, "already exists; refusing to overwrite a key") from None
-    except OSError as e:
-        raise KeyFileError(path, f"cannot be created: {e.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_key_file(path, ONION_KEY_KIND, key,
+                   comment=f"frostnode onion service key (Tor ED25519-V3, expanded): it fixes this member's\n"
+                           f"address {onion_address(key)}. Keep this file secret.")
 
 
 def read_onion_key(path: Path) -> bytes:
@@ -193,34 +181,8 @@ def read_onion_key(path: Path) -> bytes:
 
     @raise KeyFileError: naming the file and what is wrong with it.
     """
+    key = read_key_file(path, ONION_KEY_KIND, ONION_KEY_LENGTH, name="onion key")
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise KeyFileError(path, f"cannot be read: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(path, "is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise KeyFileError(path, f"is accessible by group or others (mode {mode:04o}); "
-                                     f"protect it with: chmod 600 {path}")
-        data = os.read(fd, _MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
-    expected = f"a single line '{ONION_KEY_KIND} <128 hex digits>'"
-    try:
-        lines = [ln.strip() for ln in data[:_MAX_KEY_FILE].decode("ascii").splitlines()]
-    except UnicodeDecodeError:
-        raise KeyFileError(path, "is not a frostnode onion key file (not text)") from None
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if len(data) > _MAX_KEY_FILE or len(lines) != 1:
-        raise KeyFileError(path, f"is not a frostnode onion key file (expected {expected})")
-    kind, _, value = lines[0].partition(" ")
-    if kind != ONION_KEY_KIND:
-        raise KeyFileError(path, f"is not a frostnode onion key file (it holds a {kind!r} line; expected {expected})")
-    try:
-        key = bytes.fromhex(value.strip())
         check_onion_key(key)
     except ValueError as e:
         raise KeyFileError(path, f"has a malformed onion key ({e})") from None

@@ -142,6 +142,9 @@ class OnionKeyTests(SynchronousTestCase):
         damaged.write_text(f"onion-key {(bytes([TOR_KEY[0] | 1]) + TOR_KEY[1:]).hex()}\n")
         os.chmod(damaged, 0o600)
         self.assertIn("malformed", str(self.assertRaises(KeyFileError, read_onion_key, damaged)))
+        damaged.write_text(f"onion-key {TOR_KEY[:32].hex()}\n")
+        self.assertIn("has a malformed onion key (expected a single line 'onion-key <128 hex digits>')",
+                      str(self.assertRaises(KeyFileError, read_onion_key, damaged)))
         self.assertIn("cannot be read", str(self.assertRaises(KeyFileError, read_onion_key, Path(self.mktemp()))))
 
 

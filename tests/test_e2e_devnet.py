@@ -23,17 +23,15 @@ from typing import Any, Generator, Optional
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from frostnode.devnet import DevnetError, DevnetOptions, Layout, busy_ports, resolve_layout
 from frostnode.store.db import Database
 from frostnode.store.errors import DataDirLocked
 
-from tests.test_e2e_federation import with_timeout
+from tests.support import OutputProcess, with_timeout
 
 DEVNET = [sys.executable, "-c", "import sys; from frostnode.cli import main; sys.exit(main())", "devnet"]
 READY = b"Press Ctrl-C to stop every node."
@@ -49,46 +47,6 @@ def free_base_port(nodes: int) -> int:
         if base + 2 * nodes < 65536 and not busy_ports(Layout(Path("."), nodes, 1, base)):
             return base
     raise AssertionError("no free range of ports")
-
-
-class DevnetProcess(ProcessProtocol):
-    """The devnet command: its output, a Deferred for a line of it, and one for its exit."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred = Deferred()
-        self.running = False
-        self._waiting: list[tuple[bytes, Deferred]] = []
-
-    def connectionMade(self) -> None:
-        self.running = True
-
-    def when_output(self, text: bytes) -> Deferred:
-        d: Deferred = Deferred()
-        if text in self.out:
-            d.callback(None)
-        else:
-            self._waiting.append((text, d))
-        return d
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        for text, d in list(self._waiting):
-            if text in self.out:
-                self._waiting.remove((text, d))
-                d.callback(None)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.running = False
-        for text, d in self._waiting:
-            d.errback(AssertionError(f"devnet exited before printing {text!r}\nstdout:\n{self.out.decode()}\n"
-                                     f"stderr:\n{self.err.decode()}"))
-        self._waiting = []
-        self.ended.callback(reason.value)
 
 
 def stores_free(layout: Layout) -> bool:
@@ -110,15 +68,15 @@ class DevnetTests(TestCase):
         self.base_port = free_base_port(3)
         self.layout = Layout(self.dir, 3, 2, self.base_port)
 
-    def spawn(self, *extra: str) -> tuple[DevnetProcess, Any]:
-        proto = DevnetProcess()
+    def spawn(self, *extra: str) -> tuple[OutputProcess, Any]:
+        proto = OutputProcess("devnet")
         argv = DEVNET + ["--dir", str(self.dir), *extra]
         transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ))
         self.addCleanup(self._kill, proto, transport)
         return proto, transport
 
     @inlineCallbacks
-    def _kill(self, proto: DevnetProcess, transport: Any) -> Generator[Deferred, Any, None]:
+    def _kill(self, proto: OutputProcess, transport: Any) -> Generator[Deferred, Any, None]:
         """Cleanup: kill devnet if it runs; then wait (bounded) until its nodes have died with it."""
         if proto.running:
             transport.signalProcess("KILL")

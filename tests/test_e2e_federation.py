@@ -20,15 +20,13 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable, Generator, Optional
+from typing import Any, Generator, Optional
 
 from coincurve import PublicKeyXOnly
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from frostnode.cli import init_member
@@ -36,6 +34,7 @@ from frostnode.client.library import FrostnodeClient, NodeTarget, connect
 from frostnode.config import load_config
 from frostnode.crypto.bip340 import p2tr_address
 from frostnode.keys import load_node_keys, own_card
+from tests.support import EventProcess, with_timeout  # with_timeout: also imported from here
 
 #: Runs twistd with this test's Python (so this virtualenv and this checkout).
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
@@ -63,75 +62,8 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def with_timeout(d: Deferred, seconds: float, what: str) -> Deferred:
-    """C{d}, failing with a message naming C{what} if it has not fired after C{seconds}."""
-    timer = reactor.callLater(seconds, d.cancel)
-
-    def done(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        elif isinstance(result, Failure):
-            raise AssertionError(f"timed out after {seconds:g}s waiting for {what}")
-        return result
-
-    return d.addBoth(done)
-
-
-class NodeProcess(ProcessProtocol):
-    """A node's twistd: its JSON log events as they come, Deferreds for events and for its exit."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.events: list[dict] = []
-        self.err = b""
-        self._buffer = b""
-        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
-        self.ended: Deferred = Deferred()
-        self.running = False
-
-    def connectionMade(self) -> None:
-        self.running = True
-
-    def when(self, predicate: Callable[[dict], bool]) -> Deferred:
-        """Fires with the first log event (past or future) that satisfies C{predicate}."""
-        for event in self.events:
-            if predicate(event):
-                return succeed(event)
-        def cancel(d: Deferred) -> None:
-            if (predicate, d) in self._waiters:
-                self._waiters.remove((predicate, d))
-
-        d: Deferred = Deferred(cancel)
-        self._waiters.append((predicate, d))
-        return d
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"text": line.decode("utf-8", "replace"), "level": "unparsed"}
-            self.events.append(event)
-            for waiter in list(self._waiters):
-                if waiter[0](event):
-                    self._waiters.remove(waiter)
-                    waiter[1].callback(event)
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.running = False
-        waiters, self._waiters = self._waiters, []
-        for _, d in waiters:
-            d.errback(AssertionError(f"{self.name} exited before the awaited log event; stderr: {self.err[-2000:]!r}; "
-                                     f"last events: {[e.get('text') for e in self.events[-5:]]}"))
-        self.ended.callback(reason.value)
-
-    def texts(self) -> list[str]:
-        return [e.get("text", "") for e in self.events]
+class NodeProcess(EventProcess):
+    """A node's C{twistd -n} (JSON log on standard output): its log events, as they come."""
 
 
 class Federation:
@@ -178,13 +110,22 @@ class Federation:
         return NodeTarget.from_card(self.cards[i], f"127.0.0.1:{self.client_ports[i]}")
 
     def start(self, test: TestCase) -> None:
-        for i, config in enumerate(self.configs):
-            proto = NodeProcess(f"m{i}")
-            argv = TWISTD + ["-n", "--pidfile=", "frostnode", "--config", str(config)]
-            transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=str(config.parent))
+        for i in range(self.n):
+            self.spawn(test, i)
+
+    def spawn(self, test: TestCase, i: int) -> NodeProcess:
+        """Start member C{i}'s twistd (again, after it exited); killed in C{test}'s cleanup."""
+        proto = NodeProcess(f"m{i}")
+        config = self.configs[i]
+        argv = TWISTD + ["-n", "--pidfile=", "frostnode", "--config", str(config)]
+        transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=str(config.parent))
+        if i < len(self.processes):
+            self.processes[i], self.transports[i] = proto, transport
+        else:
             self.processes.append(proto)
             self.transports.append(transport)
-            test.addCleanup(self._kill, proto, transport)
+        test.addCleanup(self._kill, proto, transport)
+        return proto
 
     @staticmethod
     def _kill(proto: NodeProcess, transport: Any) -> Optional[Deferred]:

@@ -1,46 +1,25 @@
 """
-Shared helpers for the tests.test_net_* modules (no tests here): members with
-real keys and cards, fast link configs, listening sockets on port 0, and a
-raw Noise client that plays a peer we control byte by byte.
+Shared helpers for the tests.test_net_* modules (no tests here): fast link
+configs, listening sockets on port 0, and a raw Noise client that plays a
+peer we control byte by byte.  Members with real keys and cards, and the
+log capture, come from L{tests.support} (imported from here too).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.internet.protocol import Protocol
 
-from frostnode.identity import AddressCard, HostKeypair
-from frostnode.net.noise import NoiseHandshake, NoiseTransport, generate_noise_private_key, noise_public_key
+from frostnode.net.noise import NoiseHandshake, NoiseTransport
 from frostnode.net.link import encode_hello
 from frostnode.net.peers import LinkConfig
-
-
-@dataclass(frozen=True)
-class Member:
-    host: HostKeypair
-    noise_private: bytes
-    card: AddressCard
-
-    @property
-    def key(self) -> bytes:
-        return self.host.public
-
-
-def make_member(address: str = "tcp:127.0.0.1:1") -> Member:
-    host = HostKeypair.generate()
-    noise_private = generate_noise_private_key()
-    return Member(host, noise_private, AddressCard.create(host, noise_public_key(noise_private), [address]))
-
-
-def make_members(addresses: list[str]) -> list[Member]:
-    return [make_member(a) for a in addresses]
+from tests.support import LogCapture, Member, make_member, make_members  # also imported from here
 
 
 def fast_config(**overrides: Any) -> LinkConfig:
@@ -66,26 +45,6 @@ def listening_socket(reactor: Any, port: int = 0) -> tuple[AdoptedStreamServerEn
     sock.listen(64)
     bound = sock.getsockname()[1]
     return AdoptedStreamServerEndpoint(reactor, sock.detach(), socket.AF_INET), bound
-
-
-class LogCapture:
-    """Collects global log events from the moment it is made until C{stop}."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-
-    def stop(self) -> None:
-        globalLogPublisher.removeObserver(self.events.append)
-
-    def matching(self, text: str, **fields: Any) -> list[LogEvent]:
-        out = []
-        for e in self.events:
-            if text not in (formatEvent(e) or ""):
-                continue
-            if all(e.get(k) == v for k, v in fields.items()):
-                out.append(e)
-        return out
 
 
 class RawClient(Protocol):

@@ -16,16 +16,15 @@ from typing import Any, Generator
 
 from twisted.application.service import Application, IService, IServiceMaker, MultiService, Service
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, Logger, LogLevel, capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from frostnode import tap
@@ -36,6 +35,7 @@ from frostnode.net.peers import PeerNetwork
 from frostnode.store.errors import StoreError
 from frostnode.store.log import RecordBody, Retention
 
+from tests.support import OutputProcess
 from tests.test_config import make_federation
 
 
@@ -368,45 +368,6 @@ class LoggingTests(SynchronousTestCase):
         self.assertIsNone(twistd_log_file({"syslog": True}))
 
 
-class _Twistd(ProcessProtocol):
-    """Collects a twistd process's output; Deferreds for a line and for exit."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        #: Fires with how the process ended (a ProcessDone or ProcessTerminated).
-        self.ended: Deferred[BaseException] = Deferred()
-        self._waiting: list[tuple[bytes, Deferred[None]]] = []
-        self.running = True
-
-    def whenOutput(self, text: bytes) -> Deferred[None]:
-        if text in self.out:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiting.append((text, d))
-        return d
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        waiting, self._waiting = self._waiting, []
-        for text, d in waiting:
-            if text in self.out:
-                d.callback(None)
-            else:
-                self._waiting.append((text, d))
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.running = False
-        waiting, self._waiting = self._waiting, []
-        for text, d in waiting:
-            d.errback(AssertionError(f"twistd exited before printing {text!r}\nstdout: {self.out!r}\n"
-                                     f"stderr: {self.err!r}"))
-        self.ended.callback(reason.value)
-
-
 class TwistdProcessTests(TestCase):
     """C{twistd -n frostnode} as a separate process, as an operator runs it."""
 
@@ -468,12 +429,12 @@ class TwistdProcessTests(TestCase):
         listen = [line for line in text.splitlines() if line.startswith("listen = ")][0]
         config.write_text(text.replace(listen, 'listen = "tcp:0:interface=127.0.0.1"', 1))
         host_key = load_host_key(config.parent / "host.key").public.hex()
-        proto = _Twistd()
+        proto = OutputProcess("twistd")
         argv = self.argv(config)
         transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=str(self.base))
         self.addCleanup(lambda: proto.running and transport.signalProcess("KILL"))
 
-        yield proto.whenOutput(f"frostnode {host_key} running".encode())
+        yield proto.when_output(f"frostnode {host_key} running".encode())
         running = [json.loads(line) for line in proto.out.decode().splitlines() if "running" in line][0]
         # The peer port is open where the log says.
         link = yield TCP4ClientEndpoint(reactor, "127.0.0.1", running["peer_port"]).connect(

@@ -25,24 +25,11 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from frostnode.client.library import FrostnodeClient, connect
-from tests.test_e2e_federation import TWISTD, Federation, NodeProcess, with_timeout
+from tests.test_e2e_federation import Federation, with_timeout
 
 
 class FullNodeKillTests(TestCase):
     timeout = 120
-
-    def spawn(self, fed: Federation, i: int) -> NodeProcess:
-        proto = NodeProcess(f"m{i}")
-        config = fed.configs[i]
-        argv = TWISTD + ["-n", "--pidfile=", "frostnode", "--config", str(config)]
-        transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=str(config.parent))
-        if i < len(fed.processes):
-            fed.processes[i], fed.transports[i] = proto, transport
-        else:
-            fed.processes.append(proto)
-            fed.transports.append(transport)
-        self.addCleanup(Federation._kill, proto, transport)
-        return proto
 
     def running(self, fed: Federation, i: int) -> Deferred:
         text = f"frostnode {fed.cards[i].host_key.hex()} running"
@@ -74,7 +61,7 @@ class FullNodeKillTests(TestCase):
     def test_records_acknowledged_before_kill_9_are_kept_and_reach_everyone(self):
         fed = Federation(Path(self.mktemp()), 5, 3)
         for i in range(5):
-            self.spawn(fed, i)
+            fed.spawn(self, i)
         yield gatherResults([self.running(fed, i) for i in range(5)])
         clients = yield gatherResults([self.client(fed, i) for i in range(5)])
 
@@ -87,7 +74,7 @@ class FullNodeKillTests(TestCase):
         self.assertTrue(all(a.created and a.origin == fed.cards[0].host_key for a in accepted))
         self.assertEqual(sorted(a.seq for a in accepted), list(range(1, 21)))
 
-        self.spawn(fed, 0)
+        fed.spawn(self, 0)
         yield self.running(fed, 0)
         clients[0] = yield self.client(fed, 0)
         yield self.held_by(clients[0], ids, within=5)

@@ -19,64 +19,23 @@ import os
 import signal
 import sys
 from dataclasses import asdict, replace
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
+from tests.support import EventProcess
 from tests.test_sync_support import FAST, TcpFederation, record, temp_path, wait_converged, wait_until
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sync_node.py")
 
 
-class Child(ProcessProtocol):
-    """A sync_node.py process: send commands, wait for events."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.stderr = b""
-        self._buffer = b""
-        self._waiters: list[tuple[Callable[[dict], bool], Deferred]] = []
-        self.ended: Deferred = Deferred()
-        self.running = True
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            event = json.loads(line)
-            self.events.append(event)
-            for waiter in list(self._waiters):
-                if waiter[0](event):
-                    self._waiters.remove(waiter)
-                    waiter[1].callback(event)
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.running = False
-        for _, d in self._waiters:
-            d.errback(AssertionError(f"child ended: {reason.value}; stderr: {self.stderr.decode()[-3000:]}"))
-        self._waiters = []
-        self.ended.callback(reason.value)
-
-    def send(self, **cmd: Any) -> None:
-        self.transport.write(json.dumps(cmd).encode() + b"\n")
-
-    def when(self, predicate: Callable[[dict], bool]) -> Deferred:
-        d: Deferred = Deferred()
-        self._waiters.append((predicate, d))
-        return d
-
-
 class KillTests(TestCase):
     timeout = 120
 
-    def spawn(self, fed: TcpFederation, listen_fd: int, data_dir: str, sync: dict) -> Child:
+    def spawn(self, fed: TcpFederation, listen_fd: int, data_dir: str, sync: dict) -> EventProcess:
         m = fed.members[0]
         path = temp_path(self) + ".json"
         with open(path, "w") as f:
@@ -90,7 +49,7 @@ class KillTests(TestCase):
                 "sync": sync,
             }, f)
         os.chmod(path, 0o600)
-        child = Child()
+        child = EventProcess("sync_node.py")
         reactor.spawnProcess(child, sys.executable, [sys.executable, SCRIPT, path], env=os.environ.copy(),
                              childFDs={0: "w", 1: "r", 2: "r", 3: listen_fd})
 

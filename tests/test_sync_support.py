@@ -1,8 +1,8 @@
 """
 Shared helpers for the tests.test_sync_* modules (no tests here): members
-with real keys and cards, a federation of sync nodes over in-memory links or
-real loopback links, each on its own LMDB store in a temporary directory,
-and waits for convergence.
+with real keys and cards (from L{tests.support}), a federation of sync
+nodes over in-memory links or real loopback links, each on its own LMDB
+store in a temporary directory, and waits for convergence.
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from frostnode.broadcast.service import ReliableBroadcast
-from frostnode.identity import AddressCard, HostKeypair, MemberDirectory
+from frostnode.identity import MemberDirectory
 from frostnode.net.memory import MemoryNetwork
-from frostnode.net.noise import generate_noise_private_key, noise_public_key
 from frostnode.net.peers import LinkConfig, PeerNetwork
 from frostnode.store.db import Database
 from frostnode.store.log import DataLog, RecordBody, Retention
 from frostnode.sync.service import SyncConfig, SyncService
+from tests.support import LogCapture, Member, make_member  # also imported from here
 
 #: Fast timers for tests on the real reactor.
 FAST = SyncConfig(
@@ -46,23 +45,6 @@ def client_key(i: int) -> bytes:
 def record(i: int, client: int = 0, size: int = 64, topic: str = "t") -> RecordBody:
     payload = (b"record %d from client %d " % (i, client)).ljust(size, b".")
     return RecordBody(client_key(client), topic, payload, timestamp=i)
-
-
-@dataclass
-class Member:
-    host: HostKeypair
-    noise_private: bytes
-    card: AddressCard
-
-    @property
-    def key(self) -> bytes:
-        return self.host.public
-
-
-def make_member(address: str = "tcp:127.0.0.1:1") -> Member:
-    host = HostKeypair.generate()
-    noise = generate_noise_private_key()
-    return Member(host, noise, AddressCard.create(host, noise_public_key(noise), [address]))
 
 
 @dataclass
@@ -217,21 +199,6 @@ def describe(nodes: Sequence[Node]) -> Callable[[], str]:
 
 def wait_converged(nodes: Sequence[Node], count: Optional[int] = None, timeout: float = 20.0) -> Deferred:
     return wait_until(lambda: converged(nodes, count), timeout, describe(nodes))
-
-
-class LogCapture:
-    """Collects global log events from the moment it is made until C{stop}."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-
-    def stop(self) -> None:
-        globalLogPublisher.removeObserver(self.events.append)
-
-    def matching(self, text: str, **fields: Any) -> list[LogEvent]:
-        return [e for e in self.events
-                if text in (formatEvent(e) or "") and all(e.get(k) == v for k, v in fields.items())]
 
 
 def temp_path(test: Any) -> str:

@@ -23,7 +23,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, UNIXClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -56,6 +56,7 @@ from frostnode.tor import (
     tor_command_line,
     write_onion_key,
 )
+from tests.support import OutputProcess
 
 TOR = find_tor_binary()
 NO_TOR = None if TOR else "the tor binary is not installed (apt-get install tor); Tor process tests skipped"
@@ -346,25 +347,6 @@ class EndpointFactoryTests(TestCase):
 # -- real tor ---------------------------------------------------------------------------
 
 
-class _SpawnedTor(ProcessProtocol):
-    """A test's own tor: ready when it opens its control listener."""
-
-    def __init__(self) -> None:
-        self.ready: Deferred = Deferred()
-        self.ended: Deferred = Deferred()
-        self.output = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        if b"Opened Control listener" in self.output and not self.ready.called:
-            self.ready.callback(None)
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.ready.called:
-            self.ready.errback(RuntimeError(f"tor exited: {self.output.decode(errors='replace')}"))
-        self.ended.callback(None)
-
-
 class RealTorTests(TestCase):
     skip = NO_TOR
 
@@ -385,7 +367,7 @@ class RealTorTests(TestCase):
         base = short_tempdir(self)
         (base / "data").mkdir(mode=0o700)
         control = base / "data" / "control"
-        tor = _SpawnedTor()
+        tor = OutputProcess("tor")
         transport = reactor.spawnProcess(tor, TOR, [
             TOR, "-f", "/dev/null/none", "--ignore-missing-torrc", "--DataDirectory", str(base / "data"),
             "--ControlPort", f"unix:{control}", "--CookieAuthentication", "1", "--SocksPort", "0",
@@ -397,7 +379,7 @@ class RealTorTests(TestCase):
             return tor.ended
 
         self.addCleanup(kill)
-        yield tor.ready
+        yield tor.when_output(b"Opened Control listener")
         return control
 
     @inlineCallbacks

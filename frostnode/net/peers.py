@@ -215,6 +215,20 @@ def tcp_endpoint(reactor: Any, address: str, timeout: float = 10.0) -> IStreamCl
     return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
+def _fire_all(waiters: list[Deferred], result: Any) -> None:
+    """
+    Fire every Deferred in C{waiters} with C{result} (errback them with a
+    L{Failure}), emptying the list first: a callback may queue a new wait.
+    """
+    pending = waiters[:]
+    waiters.clear()
+    for d in pending:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+
 class _Peer:
     """Everything this node keeps about one other member."""
 
@@ -261,13 +275,17 @@ class _Dialer:
         self._schedule()
 
     def stop(self) -> None:
+        """Drop the scheduled attempt and cancel one under way (the service stops, or a link is up)."""
+        self._cancel_timer()
+        if self._connecting is not None:
+            d, self._connecting = self._connecting, None
+            d.cancel()
+
+    def _cancel_timer(self) -> None:
         if self._call is not None:
             if self._call.active():
                 self._call.cancel()
             self._call = None
-        if self._connecting is not None:
-            d, self._connecting = self._connecting, None
-            d.cancel()
 
     def _schedule(self) -> None:
         if self._call is not None or self.busy or self.peer.link is not None or not self.network.running:
@@ -287,10 +305,7 @@ class _Dialer:
         the outbound L{LinkProtocol} once TCP connects (its handshake may
         still fail), or None if there was nothing to do.
         """
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        self._cancel_timer()
         if self.peer.link is not None or not self.network.running:
             return succeed(None)
         if self._handshaking is not None:
@@ -319,9 +334,7 @@ class _Dialer:
         return d
 
     def _fire_waiters(self, result: Optional[LinkProtocol]) -> None:
-        waiters, self._attempt_waiters = self._attempt_waiters, []
-        for d in waiters:
-            d.callback(result)
+        _fire_all(self._attempt_waiters, result)
 
     def _connected(self, link: LinkProtocol) -> None:
         self._connecting = None
@@ -345,13 +358,7 @@ class _Dialer:
         self._schedule()
 
     def link_up(self) -> None:
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
-        if self._connecting is not None:
-            d, self._connecting = self._connecting, None
-            d.cancel()
+        self.stop()
 
     def link_down(self, lived: float) -> None:
         if lived >= self.network.config.stable_link_time:
@@ -560,18 +567,14 @@ class PeerNetwork(Service):
             port.stopListening()
             return
         self._port = port
-        waiters, self._port_waiters = self._port_waiters, []
-        for d in waiters:
-            d.callback(port)
+        _fire_all(self._port_waiters, port)
 
     def _listen_failed(self, failure: Failure) -> None:
         self._listening = None
         if failure.check(CancelledError):
             return
         self.log.failure("{node} cannot listen for peers", failure, node=self.name)
-        waiters, self._port_waiters = self._port_waiters, []
-        for d in waiters:
-            d.errback(failure)
+        _fire_all(self._port_waiters, failure)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
@@ -619,9 +622,7 @@ class PeerNetwork(Service):
             self.log.info("link {direction} {peer} at {address} is up", direction="to" if link.outbound else "from",
                           peer=peer.name, address=link.address)
             peer.dialer.link_up()
-            waiters, peer.connected_waiters = peer.connected_waiters, []
-            for d in waiters:
-                d.callback(peer.host_key)
+            _fire_all(peer.connected_waiters, peer.host_key)
             self._notify(peer.host_key, True)
         elif prefer_new_link(self.local, peer.host_key, current.outbound, current.peer_epoch,  # type: ignore[arg-type]
                              link.outbound, link.peer_epoch):
@@ -714,9 +715,7 @@ class PeerNetwork(Service):
 
     def _ack_received(self, peer: _Peer, cumulative: int, ids: list[int]) -> None:
         if peer.tx.ack(cumulative, ids) and not len(peer.tx) and peer.acked_waiters:
-            waiters, peer.acked_waiters = peer.acked_waiters, []
-            for d in waiters:
-                d.callback(peer.host_key)
+            _fire_all(peer.acked_waiters, peer.host_key)
 
     def _ack_due(self, peer: _Peer) -> None:
         link = peer.link

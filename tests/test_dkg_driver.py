@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -663,6 +663,28 @@ class KeyStoreRestartTests(DriverChecks, SynchronousTestCase):
         # After the restart the victim's store still has the key.
         rec = victim.storage.keys.get(1)
         self.assertEqual(Certificate.decode(rec.certificate), fed.nodes[0].service.last_result.certificate)
+
+
+    def test_killed_between_certificate_and_dropping_the_run(self) -> None:
+        """
+        The certificate and the end of the run are two writes; a member killed
+        between them restarts with its run state still on disk.  It must drop
+        it (its store then matches the others') and not resume the run.
+        """
+        fed = MemoryFederation(self, 4, seed=25, keystore=True, delay=0.01)
+        victim = fed.nodes[2]
+        fed.request(fed.nodes[0])
+        fed.settle(lambda: victim.storage.load_run() is not None)
+        state, closed = victim.storage.load_run()
+        fed.settle(fed.all_done)
+        victim.storage.save_run(state, closed)  # as if the drop never reached the disk
+        with capturedLogs() as events:
+            victim.restart()
+            fed.settle(lambda: victim.storage.load_run() is None, limit=60)
+        self.assertIsNone(victim.storage.load_run())
+        self.assertTrue(any("dropping the state of a run already certified" in formatEvent(e) for e in events))
+        self.assertFalse(any("resuming after a restart" in formatEvent(e) for e in events))
+        self.check_stores_match(fed)
 
 
 class StorageTests(SynchronousTestCase):

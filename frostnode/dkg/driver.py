@@ -213,6 +213,7 @@ class DkgService(Service):
         #: Runs this node started or joined, and those that ended without a key (metrics).
         self.runs_started = 0
         self.runs_failed = 0
+        self._round2_logged: set[bytes] = set()
         #: Session ids of certificates checked and queued for the store.
         self._adopting: set[bytes] = set()
         links.register(CHANNEL_DKG, self._direct)
@@ -249,7 +250,12 @@ class DkgService(Service):
         waiting = m.NO_SESSION
         if loaded is not None:
             state, closed = loaded
-            if state.epoch > self.storage.last_epoch():
+            if state.epoch <= self.storage.last_epoch():
+                # Killed between writing the certificate and dropping the run
+                # state: the run is over, so finish the second write now.
+                self.log.info("DKG epoch {epoch}: dropping the state of a run already certified", epoch=state.epoch)
+                self._drop_stale_run()
+            else:
                 signed = self.storage.load_signed(state.epoch)
                 self.run, acts = DkgRun.recover(self.host, state, signed, self._now(), self.config, self._rand,
                                                 self.early, closed=closed)
@@ -559,12 +565,46 @@ class DkgService(Service):
         self.log.critical("DKG halted: a durable write failed, nothing more will be signed: {why}",
                           why=f.getErrorMessage(), log_failure=f)
 
+    def _drop_stale_run(self) -> None:
+        d = self.storage.finish_run()
+        d.addErrback(lambda f: self.log.failure("could not drop a finished DKG run's state", f))
+
+    def _log_phase_of_broadcast(self, tag: bytes) -> None:
+        """
+        One event as each phase starts (operators, and tests that must act
+        inside a phase, read them): round 1 when our package leaves, the
+        agreement round when our signature leaves (our key is on disk by then).
+        """
+        try:
+            sid, kind, _ = m.parse_tag(tag)
+        except ValueError:
+            return
+        if kind == m.Kind.ROUND1:
+            self.log.info("DKG session {session}: round 1, broadcasting our commitments and proof of knowledge",
+                          session=_short(sid), phase="round1")
+        elif kind == m.Kind.AGREE:
+            self.log.info("DKG session {session}: key share stored; broadcasting our agreement signature",
+                          session=_short(sid), phase="agreement")
+
+    def _log_round2(self, payload: bytes) -> None:
+        # A direct message is VERSION | type | session id ...; log the first share per session.
+        if len(payload) >= 34 and payload[1] == m.DirectType.SHARE:
+            sid = bytes(payload[2:34])
+            if sid not in self._round2_logged:
+                if len(self._round2_logged) > 64:
+                    self._round2_logged.clear()
+                self._round2_logged.add(sid)
+                self.log.info("DKG session {session}: round 2, sending our secret shares",
+                              session=_short(sid), phase="round2")
+
     def _perform(self, a) -> Optional[Deferred]:
         now = self._now()
         if isinstance(a, Broadcast):
             self.bytes_broadcast += len(a.payload)
+            self._log_phase_of_broadcast(a.tag)
             self.broadcast.broadcast(a.tag, a.payload)
         elif isinstance(a, SendDirect):
+            self._log_round2(a.payload)
             self._send(a.peer, a.payload)
         elif isinstance(a, PersistSigned):
             return self.storage.save_signed(a.pending, now)

@@ -106,6 +106,14 @@ class FrameTests(SynchronousTestCase):
         e = self.assertRaises(ClientError, decode_response, encode_error(ClientError("not-found", "x" * 5000)))
         self.assertIsNone(e.retry_after)
         self.assertEqual(len(e.message), 1024)
+        # Signing errors name members, in ascending key order, one reason each.
+        named = ClientError("views-differ", "b, a", members={b"\xbb" * 32: "missing data", b"\xaa" * 32: "x" * 999})
+        e = self.assertRaises(ClientError, decode_response, encode_error(named))
+        self.assertEqual((e.code, list(e.members)), ("views-differ", [b"\xaa" * 32, b"\xbb" * 32]))
+        self.assertEqual((e.members[b"\xbb" * 32], len(e.members[b"\xaa" * 32])), ("missing data", 256))
+        swapped = encode_error(named).replace(b"\xaa" * 32, b"\xcc" * 32)
+        self.assertRaises(DecodeError, decode_response, swapped)
+        self.assertEqual(named.to_json()["members"], {"aa" * 32: "x" * 999, "bb" * 32: "missing data"})
         # A node cannot make the client raise a local-only code, or an unknown one.
         forged = encode_error(ClientError("timeout", "forged")).replace(b"timeout", b"made-up")
         self.assertRaises(DecodeError, decode_response, forged)

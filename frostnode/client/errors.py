@@ -25,6 +25,19 @@ Codes a node sends (L{REMOTE_CODES}):
   - C{internal}: a bug.  The node logged the traceback; the message is
     generic on purpose.
 
+and those of a C{sign} request (L{frostnode.signing.commands}), which name
+the members at fault in C{members} (host key -> why):
+
+  - C{views-differ}: too many members computed another message from their
+    own data (or lack it) for a threshold to agree; the message lists them.
+  - C{validation-failed}: the data does not validate; the scheme's reason.
+  - C{not-enough-signers}: fewer than a threshold of members can sign
+    (misbehaving or unable to).
+  - C{timeout}: the federation did not finish within the node's request
+    timeout; C{members} names those still awaited.  The same code as the
+    library's own timeout (no answer from the node): either way nothing was
+    signed for the caller, and asking again is safe.
+
 Codes only the client library raises, without the node having answered
 (L{LOCAL_CODES}): C{connection} (cannot connect, or the connection was lost
 with the request outstanding: it may or may not have been executed, so
@@ -42,7 +55,7 @@ of L{REMOTE_CODES} is reported with that code and its C{str()} as message
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 INVALID_REQUEST = "invalid-request"
 TOO_LARGE = "too-large"
@@ -57,9 +70,16 @@ WRONG_NODE_KEY = "wrong-node-key"
 TIMEOUT = "timeout"
 BAD_RESPONSE = "bad-response"
 
-REMOTE_CODES = (INVALID_REQUEST, TOO_LARGE, UNKNOWN_TOPIC, NOT_FOUND, RATE_LIMITED, UNAVAILABLE, INTERNAL)
+VIEWS_DIFFER = "views-differ"
+VALIDATION_FAILED = "validation-failed"
+NOT_ENOUGH_SIGNERS = "not-enough-signers"
+
+#: The codes of a failed signing request (also C{timeout}).
+SIGNING_CODES = (VIEWS_DIFFER, VALIDATION_FAILED, NOT_ENOUGH_SIGNERS, TIMEOUT)
+REMOTE_CODES = (INVALID_REQUEST, TOO_LARGE, UNKNOWN_TOPIC, NOT_FOUND, RATE_LIMITED, UNAVAILABLE, INTERNAL,
+                VIEWS_DIFFER, VALIDATION_FAILED, NOT_ENOUGH_SIGNERS, TIMEOUT)
 LOCAL_CODES = (CONNECTION, WRONG_NODE_KEY, TIMEOUT, BAD_RESPONSE)
-ERROR_CODES = REMOTE_CODES + LOCAL_CODES
+ERROR_CODES = tuple(dict.fromkeys(REMOTE_CODES + LOCAL_CODES))
 
 #: The HTTP API's status for each code a node sends.
 HTTP_STATUS = {
@@ -70,6 +90,10 @@ HTTP_STATUS = {
     RATE_LIMITED: 429,
     UNAVAILABLE: 503,
     INTERNAL: 500,
+    VIEWS_DIFFER: 409,
+    VALIDATION_FAILED: 422,
+    NOT_ENOUGH_SIGNERS: 503,
+    TIMEOUT: 504,
 }
 
 #: Longest error message a node sends or a client accepts.
@@ -83,15 +107,19 @@ class ClientError(Exception):
     @ivar code: one of L{ERROR_CODES}.
     @ivar message: one line for a human, naming what was wrong.
     @ivar retry_after: for C{rate-limited}, seconds until a retry can succeed.
+    @ivar members: the federation members this error is about, host key ->
+        why (the signing codes); empty otherwise.
     """
 
-    def __init__(self, code: str, message: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, code: str, message: str, retry_after: Optional[float] = None,
+                 members: Optional[Mapping[bytes, str]] = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown client error code {code!r}")
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.members: dict[bytes, str] = dict(sorted((members or {}).items()))
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -101,6 +129,8 @@ class ClientError(Exception):
         out: dict = {"code": self.code, "message": self.message}
         if self.retry_after is not None:
             out["retry_after"] = self.retry_after
+        if self.members:
+            out["members"] = {key.hex(): why for key, why in self.members.items()}
         return out
 
 

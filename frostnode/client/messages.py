@@ -28,7 +28,10 @@ length prefixes, a leading version byte, no trailing bytes.
     changes nothing here.
   - Answer: C{version (u8) = 1 | status (u8)}, then for status 0 the
     command's result (the rest), for status 1 C{code (var bytes) | message
-    (var bytes, UTF-8) | has retry_after (flag) | retry_after in ms (u32)}.
+    (var bytes, UTF-8) | has retry_after (flag) | retry_after in ms (u32) |
+    members (u32 count, then per member: host key (32) | why (var bytes,
+    UTF-8))}, the members in ascending key order (empty but for the
+    signing codes, see L{frostnode.client.errors}).
 
 The built-in commands' arguments and results are the L{NamedTuple}s below,
 each with its C{encode}/C{decode} side by side.  A record travels with its
@@ -69,6 +72,9 @@ MAX_PAGE = 10_000
 #: Longest C{status} document accepted.
 MAX_STATUS = 1 << 20
 MAX_ADDRESS = 128
+#: Most members an error names, and the longest reason it gives for one.
+MAX_ERROR_MEMBERS = 1024
+MAX_MEMBER_REASON = 256
 MAX_NETWORK = 32
 
 # -- frames ------------------------------------------------------------------------
@@ -182,6 +188,10 @@ def encode_error(error: ClientError) -> bytes:
         w.flag(False).u32(0)
     else:
         w.flag(True).u32(min(max(int(error.retry_after * 1000 + 0.999), 0), MAX_U32))
+    members = sorted(error.members.items())[:MAX_ERROR_MEMBERS]
+    w.count(len(members), MAX_ERROR_MEMBERS)
+    for key, why in members:
+        w.fixed(key, 32).var_bytes(why.encode("utf-8", "replace")[:MAX_MEMBER_REASON], MAX_MEMBER_REASON)
     return w.to_bytes()
 
 
@@ -205,8 +215,16 @@ def decode_response(body: bytes) -> bytes:
     message = r.var_bytes(MAX_MESSAGE).decode("utf-8", "replace")
     has_retry = r.flag()
     retry_ms = r.u32()
+    members: dict[bytes, str] = {}
+    prev = b""
+    for _ in range(r.count(MAX_ERROR_MEMBERS, 32 + 4)):
+        key = r.fixed(32)
+        if key <= prev:
+            raise DecodeError("answer: the members of an error are not in strictly ascending order")
+        prev = key
+        members[key] = r.var_bytes(MAX_MEMBER_REASON).decode("utf-8", "replace")
     r.finish()
-    raise ClientError(code, message, retry_ms / 1000 if has_retry else None)
+    raise ClientError(code, message, retry_ms / 1000 if has_retry else None, members)
 
 
 # -- JSON helpers --------------------------------------------------------------------

@@ -20,7 +20,14 @@ A checkpoint is signed like any client request, through a validation scheme
    as for every scheme (L{scheme_message}).
 
 Anyone holding a L{Checkpoint} can check it: recompute the message from the
-statement and verify the signature under C{key} (BIP340 for BIP 445).
+statement and verify the signature under C{key} (BIP340 for BIP 445);
+L{Checkpoint.verify} does, and L{decode_statement} reads the statement.
+
+A node keeps the checkpoints it signed in a
+L{frostnode.store.checkpoints.CheckpointStore} once
+L{frostnode.signing.service.SigningService.keep_checkpoints} is given one
+(L{Checkpoint.to_record} and L{Checkpoint.from_record} convert), so they
+survive a restart.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
+from frostnode.signing.suites import verify_signature
+from frostnode.store.checkpoints import CheckpointRecord
 from frostnode.validation.interface import Rejection, check_cut, scheme_message
 from frostnode.wire import DecodeError, Reader, Writer
 
@@ -78,6 +87,50 @@ def encode_statement(epoch: int, members: Sequence[bytes], cut: Mapping[bytes, i
     return w.u64(count).fixed(digest, 32).to_bytes()
 
 
+class Statement(NamedTuple):
+    """
+    What a checkpoint attests, decoded: a client holding a checkpoint reads
+    the epoch, membership and cut from here, from the signed bytes
+    themselves, rather than from fields beside them.
+
+    @ivar count: records in the cut.
+    @ivar digest: SHA-256 of their ids, in the log's cut order.
+    """
+
+    epoch: int
+    members: tuple[bytes, ...]
+    cut: Mapping[bytes, int]
+    count: int
+    digest: bytes
+
+
+def decode_statement(statement: bytes) -> Statement:
+    """
+    The inverse of L{encode_statement}.
+
+    @raise DecodeError: anything else (members or origins out of order,
+        trailing bytes).
+    """
+    r = Reader(statement, "checkpoint statement")
+    r.version(VERSION)
+    epoch = r.u64()
+    members = tuple(r.fixed(32) for _ in range(r.count(MAX_MEMBERS, 32)))
+    if any(a >= b for a, b in zip(members, members[1:])):
+        raise DecodeError("checkpoint statement: members are not strictly ascending")
+    cut: dict[bytes, int] = {}
+    prev = b""
+    for _ in range(r.count(MAX_ORIGINS, 40)):
+        origin, seq = r.fixed(32), r.u64()
+        if origin <= prev:
+            raise DecodeError("checkpoint statement: cut origins are not strictly ascending")
+        prev = origin
+        cut[origin] = seq
+    count = r.u64()
+    digest = r.fixed(32)
+    r.finish()
+    return Statement(epoch, members, cut, count, digest)
+
+
 class CheckpointScheme:
     """
     The C{checkpoint} validation scheme.
@@ -121,6 +174,8 @@ class Checkpoint:
     @ivar created: the coordinating node's clock when it was signed.
     @ivar divergent: members that refused (their view of the cut, the
         epoch or the membership differs, or they lacked records).
+    @ivar seq: its number in this node's checkpoint history (1, 2, ...;
+        see L{frostnode.store.checkpoints}); numbers differ between nodes.
     """
 
     epoch: int
@@ -133,3 +188,26 @@ class Checkpoint:
     signers: tuple[bytes, ...]
     created: float
     divergent: tuple[bytes, ...] = ()
+    seq: int = 0
+
+    def verify(self) -> bool:
+        """
+        Whether the signature is the federation's over this statement: the
+        message is the checkpoint scheme's message of C{statement}, the
+        signature verifies under C{key}, and the statement names C{epoch}.
+        """
+        try:
+            epoch = decode_statement(self.statement).epoch
+        except DecodeError:
+            return False
+        return (epoch == self.epoch and scheme_message(NAME, self.statement) == self.message
+                and verify_signature(self.ciphersuite, self.key, self.message, self.signature))
+
+    def to_record(self) -> CheckpointRecord:
+        return CheckpointRecord(self.epoch, dict(self.cut), self.statement, self.message, self.signature, self.key,
+                                self.ciphersuite, tuple(self.signers), self.created, tuple(self.divergent), self.seq)
+
+    @classmethod
+    def from_record(cls, rec: CheckpointRecord) -> "Checkpoint":
+        return cls(rec.epoch, dict(rec.cut), rec.statement, rec.message, rec.signature, rec.key, rec.ciphersuite,
+                   tuple(rec.signers), rec.created, tuple(rec.divergent), rec.seq)

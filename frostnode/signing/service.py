@@ -83,6 +83,7 @@ from frostnode.signing.roast import (
 )
 from frostnode.signing.signer import Answer, NeedData, Ready, Scheme, Signer, verify_verdict
 from frostnode.signing.suites import BIP445, AGGNONCE_SIZE, EpochKey, SigningShare, Suite, get_suite
+from frostnode.store.checkpoints import MAX_LIST, CheckpointStore
 from frostnode.store.errors import NonceSpent, UnknownNonce
 from frostnode.store.keys import KeyStore
 from frostnode.store.nonces import NonceEntry, NonceStore
@@ -239,7 +240,7 @@ class SigningService(Service):
     @param catch_up: optional C{catch_up(MissingData) -> Deferred}, called
         once per request lacking data.
     @param on_checkpoint: optional callback for each signed L{Checkpoint}
-        (to persist or publish it).
+        (to publish it; to persist them, see L{keep_checkpoints}).
     """
 
     log = Logger()
@@ -291,6 +292,8 @@ class SigningService(Service):
         self._draining = False
         self._store_pending = 0
         self._checkpoints: deque[Checkpoint] = deque(maxlen=config.checkpoints_kept)
+        self._checkpoint_seq = 0
+        self.checkpoint_store: Optional[CheckpointStore] = None
         self._loaded_epochs: set[int] = set()
         self._loops: list[LoopingCall] = []
         #: Counters for benchmarks and status.
@@ -895,8 +898,9 @@ class SigningService(Service):
     def checkpoint(self) -> Deferred:
         """
         Sign a checkpoint now: the newest epoch, its membership and the
-        records of this node's current cut.  Fires with the L{Checkpoint}
-        (also kept, see L{checkpoints}), or fails as L{sign} does.
+        records of this node's current cut.  Fires with the L{Checkpoint},
+        numbered and kept (see L{checkpoints}; with L{keep_checkpoints},
+        only once it is on disk), or fails as L{sign} does.
         """
         signing = self._newest_share()
         if signing is None:
@@ -905,29 +909,60 @@ class SigningService(Service):
         request = CheckpointRequest(signing.key.epoch, cut).encode()
         d = self.sign(CHECKPOINT, request, audit=True)
 
-        def signed(result: SignatureResult) -> Checkpoint:
+        def signed(result: SignatureResult) -> Any:
             statement = self.checkpoint_scheme.statement(request, self.view)
             assert scheme_message(CHECKPOINT, statement) == result.message
             cp = Checkpoint(result.epoch, dict(cut), statement, result.message, result.signature, result.key,
                             result.ciphersuite, result.signers, self.clock.seconds(), tuple(sorted(result.divergent)))
-            self._checkpoints.append(cp)
-            if self.on_checkpoint is not None:
-                try:
-                    self.on_checkpoint(cp)
-                except Exception:
-                    self.log.failure("on_checkpoint callback failed")
-            return cp
+            if self.checkpoint_store is None:
+                self._checkpoint_seq += 1
+                return self._kept(replace(cp, seq=self._checkpoint_seq))
+            stored = self._track(self.checkpoint_store.append(cp.to_record()))
+            return stored.addCallback(lambda seq: self._kept(replace(cp, seq=seq)))
         return d.addCallback(signed)
+
+    def _kept(self, cp: Checkpoint) -> Checkpoint:
+        self._checkpoints.append(cp)
+        self.log.info("checkpoint {seq} signed: epoch {epoch}, {origins} origins, signers {signers}", seq=cp.seq,
+                      epoch=cp.epoch, origins=len(cp.cut), signers=", ".join(_short(m) for m in cp.signers))
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(cp)
+            except Exception:
+                self.log.failure("on_checkpoint callback failed")
+        return cp
 
     def _checkpoint_tick(self) -> None:
         self.checkpoint().addErrback(
             lambda f: self.log.warn("checkpoint not signed: {error}", error=f.getErrorMessage()))
 
-    def checkpoints(self) -> list[Checkpoint]:
-        """Signed checkpoints kept in memory, oldest first."""
-        return list(self._checkpoints)
+    def keep_checkpoints(self, store: CheckpointStore) -> None:
+        """
+        Keep signed checkpoints in C{store} (durable, numbered), from now on:
+        L{checkpoint} fires only once its checkpoint is on disk, and
+        L{checkpoints} and L{latest_checkpoint} read the store, so a
+        restarted node still serves the checkpoints it signed before.
+        Call it before the service starts.
+        """
+        self.checkpoint_store = store
+
+    def checkpoints(self, from_seq: int = 1, limit: Optional[int] = None) -> list[Checkpoint]:
+        """
+        Signed checkpoints numbered C{from_seq} and up, oldest first: from
+        the store when one is kept (at most C{limit}, and at most
+        L{frostnode.store.checkpoints.MAX_LIST}), otherwise the last
+        C{checkpoints_kept} signed since start.
+        """
+        if self.checkpoint_store is not None:
+            return [Checkpoint.from_record(rec)
+                    for rec in self.checkpoint_store.list(from_seq, limit if limit is not None else MAX_LIST)]
+        out = [cp for cp in self._checkpoints if cp.seq >= from_seq]
+        return out if limit is None else out[:limit]
 
     def latest_checkpoint(self) -> Optional[Checkpoint]:
+        if self.checkpoint_store is not None:
+            rec = self.checkpoint_store.latest()
+            return None if rec is None else Checkpoint.from_record(rec)
         return self._checkpoints[-1] if self._checkpoints else None
 
 

@@ -357,3 +357,20 @@ def get_suite(name: str) -> Suite:
         return SUITES[name]
     except KeyError:
         raise ValueError(f"unknown ciphersuite {name!r} (known: {', '.join(sorted(SUITES))})") from None
+
+
+def verify_signature(ciphersuite: str, key: bytes, msg: bytes, sig: bytes) -> bool:
+    """
+    Check a signature the federation returned, from public bytes only (what
+    a client holds): BIP340 under the 32-byte output key for BIP 445, RFC
+    9591 under the 33-byte internal key otherwise.  Malformed keys and
+    signatures, and unknown ciphersuites, are just invalid.
+    """
+    if ciphersuite == BIP445:
+        return schnorr_verify(msg, key, sig)
+    if ciphersuite == RFC9591:
+        try:
+            return rfc9591.verify(point_from_bytes(key), msg, sig)
+        except (InvalidEncoding, ValueError):
+            return False
+    return False

@@ -185,6 +185,10 @@ class HttpTests(TestCase):
             ("GET", "/v2/anything", None, 404, "not-found"),
             ("DELETE", "/v1/status", None, 405, "invalid-request"),
             ("GET", "/v1/records", None, 405, "invalid-request"),
+            # A node whose signing service is not registered (tests.test_signing_commands has one that is).
+            ("POST", "/v1/sign", json.dumps({"scheme": "record", "request": {}}).encode(), 503, "unavailable"),
+            ("GET", "/v1/checkpoints/latest", None, 503, "unavailable"),
+            ("GET", "/v1/checkpoints", None, 503, "unavailable"),
         ]
         yield self.call("POST", "/v1/records", {"topic": "t", "payload": ""})
         for method, path, raw, status, code in cases:

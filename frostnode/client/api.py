@@ -12,8 +12,11 @@ Decisions:
     returns the encoded result (or a Deferred of it).  The built-ins
     (C{submit}, C{get}, C{topic}, C{status}, C{pubkey}) are registered the
     same way a later layer registers its own (the signing service's
-    C{sign}): C{api.register_command("sign", handler)}.  Typed methods
-    (L{submit}, L{get}, ...) serve the HTTP API, which speaks JSON.
+    C{sign}, C{checkpoint} and C{checkpoints}, see
+    L{frostnode.signing.commands}): C{api.register_command("sign",
+    handler)}; a layer adds its section to C{status} with L{add_status}.
+    Typed methods (L{submit}, L{get}, ...) serve the HTTP API, which speaks
+    JSON; the signing layer's are C{api.signing}.
   - B{The client key of a record} is the key the node authenticated: the
     client's Noise static key, taken from the handshake, never from the
     request, so a client cannot file records under another client's key.
@@ -65,6 +68,8 @@ ANONYMOUS_CLIENT_KEY = bytes(32)
 _PAGE_STEP = 32
 #: What a client is told to wait when the sync service is overloaded.
 OVERLOADED_RETRY = 0.5
+#: The sections L{NodeAPI.status} fills itself.
+_STATUS_SECTIONS = ("node", "time", "log", "sync", "members", "threshold", "links_up", "epoch")
 
 
 class ClientContext(NamedTuple):
@@ -161,6 +166,12 @@ class NodeAPI:
         self.network = network
         self.limits = limits or ClientLimits()
         self.commands: dict[str, CommandHandler] = {}
+        #: Sections other layers add to L{status}: name -> report function.
+        self.status_sources: dict[str, Callable[[], Any]] = {}
+        #: The signing commands' typed operations, once registered
+        #: (L{frostnode.signing.commands.register_signing_commands}); the
+        #: HTTP API's signing routes answer C{unavailable} until then.
+        self.signing: Any = None
         self.register_command("submit", self._cmd_submit)
         self.register_command("get", self._cmd_get)
         self.register_command("topic", self._cmd_topic)
@@ -184,6 +195,19 @@ class NodeAPI:
         if name in self.commands:
             raise ValueError(f"client command {name!r} is already registered")
         self.commands[name] = handler
+
+    def add_status(self, name: str, report: Callable[[], Any]) -> None:
+        """
+        Add section C{name} to the C{status} report, filled by C{report()}
+        (anything JSON-able; bytes become hex) each time status is asked.
+        A report that raises is logged and shown as C{{"error": ...}}, so
+        one layer's bug does not hide the others' state.
+
+        @raise ValueError: the name is taken (by a built-in section too).
+        """
+        if name in self.status_sources or name in _STATUS_SECTIONS:
+            raise ValueError(f"status section {name!r} is already taken")
+        self.status_sources[name] = report
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -283,6 +307,12 @@ class NodeAPI:
             report["links_up"] = sorted(key.hex() for key in self.links.connected())
         epoch = self.keystore.newest_usable() if self.keystore is not None else None
         report["epoch"] = None if epoch is None else epoch.epoch
+        for name, source in self.status_sources.items():
+            try:
+                report[name] = source()
+            except Exception:
+                self.log.failure("status section {section} failed", section=name)
+                report[name] = {"error": "this section failed; the node logged the details"}
         return report
 
     def pubkey(self) -> PublicKeys:

@@ -9,6 +9,8 @@ Twisted::
     with BlockingClient.connect(NodeTarget.from_card_file("node.json")) as node:
         accepted = node.submit("prices/btc", b"64000")
         print(node.get(accepted.record_id).payload)
+        signed = node.sign("record", {"records": [accepted.record_id.hex()]})
+        print(signed.signature.hex(), "under", signed.key.hex())
 
 How: every call is handed to the reactor thread with
 C{blockingCallFromThread} and waits for its Deferred.  If no reactor is
@@ -29,6 +31,9 @@ from twisted.python.threadable import isInIOThread
 
 from frostnode.client.library import DEFAULT_MAX_ANSWER, FrostnodeClient, NodeTarget, connect
 from frostnode.client.messages import Accepted, PublicKeys, Record, TopicPage
+from frostnode.signing.checkpoint import Checkpoint
+from frostnode.signing.commands import CheckpointPage, SignResult
+from frostnode.signing.suites import BIP445
 
 _start_lock = threading.Lock()
 
@@ -106,6 +111,16 @@ class BlockingClient:
 
     def pubkey(self) -> PublicKeys:
         return self._call(self._client.pubkey)
+
+    def sign(self, scheme: str, request: Any, ciphersuite: str = BIP445, audit: bool = False) -> SignResult:
+        """See L{FrostnodeClient.sign}: C{request} is the scheme's bytes or its JSON form."""
+        return self._call(self._client.sign, scheme, request, ciphersuite, audit)
+
+    def checkpoint(self) -> Checkpoint:
+        return self._call(self._client.checkpoint)
+
+    def checkpoints(self, from_seq: int = 1, limit: int = 100) -> CheckpointPage:
+        return self._call(self._client.checkpoints, from_seq, limit)
 
     def call(self, command: str, args: bytes = b"") -> bytes:
         return self._call(self._client.call, command, args)

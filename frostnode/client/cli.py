@@ -10,6 +10,8 @@ C{frostnode-client}: talk to any federation node from a shell.
     frostnode-client --card node.json get --topic prices/btc --from 1 --limit 50
     frostnode-client --node 192.0.2.7:9001 --node-key 5c1f... status
     frostnode-client --card node.json --json pubkey
+    frostnode-client --card node.json sign --scheme record --request '{"records": ["3f2a..."]}'
+    frostnode-client --card node.json checkpoint           # the newest (--all: list them)
     frostnode-client key                                   # this client's public key
 
 The node is named by its address card file (C{--card}; the client port's
@@ -22,7 +24,9 @@ Output is for people by default; C{--json} prints one JSON object (bytes as
 hex, payloads and nonces as base64), the same shapes as the HTTP API.
 Exit status: 0 success, 1 the request failed (a typed error, printed as
 C{frostnode-client: CODE: message} or, with C{--json}, as
-C{{"error": {"code": ..., "message": ...}}} on stdout), 2 usage.
+C{{"error": {"code": ..., "message": ...}}} on stdout; an error naming
+members, such as C{views-differ}, lists them one per line, or under
+C{"members"}), 2 usage.
 
 L{run} does the work and returns a Deferred of the exit status, so that tests
 drive it in their own reactor; L{main} is the console script, which parses
@@ -40,11 +44,14 @@ from typing import IO, Any, Optional, Sequence, TextIO
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.python import usage
 
-from frostnode.client.errors import ClientError, too_large
+from frostnode.client.errors import ClientError, invalid_request, too_large
 from frostnode.client.keys import client_public_key, default_key_path, load_or_create_client_key
 from frostnode.client.library import FrostnodeClient, NodeTarget, connect
 from frostnode.client.messages import Accepted, PublicKeys, Record, TopicPage, b64
 from frostnode.keys import KeyFileError
+from frostnode.signing.checkpoint import Checkpoint, decode_statement
+from frostnode.signing.commands import CheckpointPage, SignResult, checkpoint_to_json
+from frostnode.signing.messages import MAX_SCHEME_REQUEST
 
 PROG = "frostnode-client"
 
@@ -107,6 +114,65 @@ class GetOptions(usage.Options):
             raise usage.UsageError("--from must be >= 0 and --limit >= 1")
 
 
+class SignOptions(usage.Options):
+    synopsis = "--scheme NAME (--request JSON | --request-file FILE | --request-hex HEX) [--ciphersuite NAME] [--audit]"
+    longdesc = ("Ask the federation, through this node, to sign what a validation scheme makes of a request; "
+                "each member checks the request against its own copy of the data first. The request is the "
+                "scheme's JSON form (record: {\"records\": [\"<id>\", ...], \"topic\": ...}), converted here, or "
+                "its raw bytes in hex.")
+    optParameters = [
+        ["scheme", "s", None, "The validation scheme (record, ledger, or one the node loads)."],
+        ["request", "r", None, "The request in the scheme's JSON form."],
+        ["request-file", None, None, "Read the JSON request from FILE ('-': standard input)."],
+        ["request-hex", None, None, "The request's bytes in hex, as the scheme encodes them."],
+        ["ciphersuite", None, "bip445", "bip445 (BIP340 under the Taproot output key) or rfc9591."],
+    ]
+    optFlags = [["audit", "a", "Wait for every member's verdict, so that every divergent member is named."]]
+
+    def parseArgs(self) -> None:
+        pass
+
+    def postOptions(self) -> None:
+        if not self["scheme"]:
+            raise usage.UsageError("--scheme is required")
+        given = [k for k in ("request", "request-file", "request-hex") if self[k] is not None]
+        if len(given) != 1:
+            raise usage.UsageError("give the request once: --request JSON, --request-file FILE or --request-hex HEX")
+        if self["request"] is not None:
+            self["json_request"] = _parse_json(self["request"], "--request")
+        elif self["request-hex"] is not None:
+            try:
+                self["raw_request"] = bytes.fromhex(self["request-hex"])
+            except ValueError:
+                raise usage.UsageError("--request-hex must be hex") from None
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise usage.UsageError(f"{what} is not JSON: {e}") from None
+
+
+class CheckpointOptions(usage.Options):
+    synopsis = "[--all [--from N] [--limit N]]"
+    longdesc = ("Print the newest checkpoint this node signed (the federation's signature over its log's cut, "
+                "epoch and membership), or with --all this node's checkpoints from a number on. Each one's "
+                "signature is checked against its statement.")
+    optParameters = [
+        ["from", None, 1, "First checkpoint number to list (with --all).", int],
+        ["limit", None, 20, "Most checkpoints to list (with --all).", int],
+    ]
+    optFlags = [["all", None, "List checkpoints instead of showing the newest."]]
+
+    def parseArgs(self) -> None:
+        pass
+
+    def postOptions(self) -> None:
+        if self["from"] < 0 or self["limit"] < 1:
+            raise usage.UsageError("--from must be >= 0 and --limit >= 1")
+
+
 class _NoArgs(usage.Options):
     def parseArgs(self) -> None:
         pass
@@ -143,6 +209,8 @@ class Options(usage.Options):
         ["get", None, GetOptions, "Get one record, or a topic's records."],
         ["status", None, StatusOptions, "Show the node's status."],
         ["pubkey", None, PubkeyOptions, "Show the federation's public key and address."],
+        ["sign", None, SignOptions, "Have the federation sign what a validation scheme makes of a request."],
+        ["checkpoint", None, CheckpointOptions, "Show the federation's newest checkpoint (or --all)."],
         ["key", None, KeyOptions, "Show this client's public key."],
     ]
 
@@ -260,6 +328,54 @@ def format_pubkey(p: PublicKeys) -> str:
     )
 
 
+_KEY_KIND = {"bip445": "Taproot output key, BIP340", "rfc9591": "internal group key, RFC 9591"}
+
+
+def format_signature(r: SignResult) -> str:
+    lines = [
+        f"signature  {r.signature.hex()}",
+        f"key        {r.key.hex()} ({_KEY_KIND.get(r.ciphersuite, r.ciphersuite)})",
+        f"message    {r.message.hex()}",
+        f"scheme     {r.scheme}, ciphersuite {r.ciphersuite}, epoch {r.epoch}, "
+        f"{r.sessions} session{'s' if r.sessions != 1 else ''}",
+        f"signers    {len(r.signers)}",
+    ]
+    lines += [f"  {s.hex()}" for s in r.signers]
+    if r.divergent:
+        lines.append(f"divergent  {len(r.divergent)}")
+        lines += [f"  {k.hex()}  {d.kind}: {d.reason}" for k, d in r.divergent.items()]
+    if r.unresponsive:
+        lines.append(f"no answer  {', '.join(k.hex()[:16] for k in r.unresponsive)}")
+    return "\n".join(lines) + "\n"
+
+
+def format_checkpoint(cp: Checkpoint) -> str:
+    st = decode_statement(cp.statement)
+    lines = [
+        f"checkpoint {cp.seq} (on this node), signed {_when(cp.created)}",
+        f"epoch      {cp.epoch}, {len(st.members)} members",
+        f"records    {st.count} in the cut, digest {st.digest.hex()}",
+    ]
+    lines += [f"  origin {origin.hex()[:16]}  up to {n}" for origin, n in st.cut.items()]
+    lines += [
+        f"signature  {cp.signature.hex()}",
+        f"key        {cp.key.hex()} ({_KEY_KIND.get(cp.ciphersuite, cp.ciphersuite)})",
+        f"message    {cp.message.hex()}",
+        f"signers    {', '.join(s.hex()[:16] for s in cp.signers)}",
+    ]
+    if cp.divergent:
+        lines.append(f"divergent  {', '.join(d.hex()[:16] for d in cp.divergent)}")
+    return "\n".join(lines) + "\n"
+
+
+def format_checkpoints(p: CheckpointPage) -> str:
+    if not p.checkpoints:
+        return f"no checkpoints from there (newest: {p.last})\n"
+    out = "\n".join(format_checkpoint(cp) for cp in p.checkpoints)
+    after = p.checkpoints[-1].seq + 1
+    return out + (f"next: --from {after}\n" if after <= p.last else "")
+
+
 # -- running a command ---------------------------------------------------------------------
 
 
@@ -269,6 +385,18 @@ def _read_payload(path: Optional[str], stdin: IO[bytes], limit: int) -> bytes:
         return stdin.read(limit + 1)
     with open(path, "rb") as f:
         return f.read(limit + 1)
+
+
+def _read_json_request(path: str, stdin: IO[bytes]) -> Any:
+    """A JSON request from a file or standard input; a JSON form is at most a few times the bytes it encodes."""
+    limit = 4 * MAX_SCHEME_REQUEST
+    raw = _read_payload(path, stdin, limit)
+    if len(raw) > limit:
+        raise too_large(f"--request-file: over {limit} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included
+        raise invalid_request(f"--request-file: not JSON: {e}") from None
 
 
 def _client_key(opts: Options) -> bytes:
@@ -297,10 +425,26 @@ def _execute(reactor: Any, opts: Options, client: FrostnodeClient, stdin: IO[byt
     if name == "pubkey":
         keys = yield client.pubkey()
         return keys, format_pubkey
+    if name == "sign":
+        request = sub.get("raw_request")
+        if request is None:
+            request = sub.get("json_request")
+        if request is None:
+            request = _read_json_request(sub["request-file"], stdin)
+        result = yield client.sign(sub["scheme"], request, sub["ciphersuite"], sub["audit"])
+        return result, format_signature
+    if name == "checkpoint":
+        if sub["all"]:
+            page = yield client.checkpoints(sub["from"], sub["limit"])
+            return page, format_checkpoints
+        cp = yield client.checkpoint()
+        return cp, format_checkpoint
     raise AssertionError(name)  # pragma: no cover - usage checked the name
 
 
 def _to_json(value: Any) -> Any:
+    if isinstance(value, Checkpoint):
+        return checkpoint_to_json(value)
     return value.to_json() if hasattr(value, "to_json") else value
 
 
@@ -348,6 +492,8 @@ def run_parsed(reactor: Any, opts: Options, stdin: IO[bytes], out: TextIO, err: 
         else:
             retry = f" (retry after {e.retry_after:g}s)" if e.retry_after else ""
             err.write(f"{PROG}: {e}{retry}\n")
+            for key, why in e.members.items():
+                err.write(f"  {key.hex()}: {why}\n")
         return 1
     except (KeyFileError, OSError) as e:
         err.write(f"{PROG}: {e}\n")

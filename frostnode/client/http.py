@@ -10,6 +10,9 @@ in other languages.  Described, route by route, in C{docs/openapi.yaml}.
     GET  /v1/topics/{topic}?from=&limit=  -> a page of the topic
     GET  /v1/status                       -> the status report
     GET  /v1/pubkey                       -> keys and address (503 before the first DKG)
+    POST /v1/sign                         {"scheme": ..., "request": {...}, ...}  -> the signature
+    GET  /v1/checkpoints?from=&limit=     -> this node's checkpoints, oldest first
+    GET  /v1/checkpoints/latest           -> the newest checkpoint (404 before the first)
 
 Decisions:
 
@@ -36,6 +39,13 @@ Decisions:
     the caller's address (the HTTP API has no client keys).
   - Topics may contain C{/}: everything after C{/v1/topics/},
     percent-decoded, is the topic.
+  - B{Signing} (L{frostnode.signing.commands}, once the node registered it;
+    C{503 unavailable} before): a request is the scheme's JSON form
+    (C{request}), converted by the node's scheme, or its bytes
+    (C{request_base64}).  A failed signature is one of the signing codes
+    (C{409 views-differ}, C{422 validation-failed}, C{503
+    not-enough-signers}, C{504 timeout}) with the members at fault in the
+    error's C{members}.
 """
 
 from __future__ import annotations
@@ -57,15 +67,18 @@ from twisted.web.resource import Resource
 
 from frostnode.client.api import ANONYMOUS_CLIENT_KEY, ClientContext, NodeAPI
 from frostnode.client.errors import (
-    HTTP_STATUS, INTERNAL, NOT_FOUND, ClientError, invalid_request, too_large,
+    HTTP_STATUS, INTERNAL, NOT_FOUND, ClientError, invalid_request, too_large, unavailable,
 )
 from frostnode.client.limits import ClientLimits, ClientRegistry
 from frostnode.client.messages import jsonable, nonnegative_int, optional_hex, unb64
 from frostnode.net.link import describe_address
+from frostnode.signing.commands import checkpoint_to_json
 from frostnode.wire import MAX_U32
 
 #: JSON fields a submission may carry.
 SUBMIT_FIELDS = ("topic", "payload", "timestamp", "nonce", "client_key")
+#: JSON fields of a signing request.
+SIGN_FIELDS = ("scheme", "request", "request_base64", "ciphersuite", "audit")
 _LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -149,6 +162,9 @@ class ApiResource(Resource):
             (b"/v1/topics/", "GET", self._topic),
             (b"/v1/status", "GET", self._status),
             (b"/v1/pubkey", "GET", self._pubkey),
+            (b"/v1/sign", "POST", self._sign),
+            (b"/v1/checkpoints", "GET", self._checkpoints),
+            (b"/v1/checkpoints/latest", "GET", self._latest_checkpoint),
         ]
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -224,12 +240,7 @@ class ApiResource(Resource):
     # -- routes -----------------------------------------------------------------------------
 
     def _submit(self, request: server.Request, context: ClientContext, _: Any) -> Deferred:
-        try:
-            doc = json.loads(request.content.read().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise invalid_request(f"body is not JSON: {e}") from None
-        if not isinstance(doc, dict):
-            raise invalid_request("body must be a JSON object")
+        doc = _json_object(request)
         unknown = sorted(set(doc) - set(SUBMIT_FIELDS))
         if unknown:
             raise invalid_request(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(SUBMIT_FIELDS)})")
@@ -278,6 +289,55 @@ class ApiResource(Resource):
 
     def _pubkey(self, request: server.Request, context: ClientContext, _: Any) -> tuple[int, Any]:
         return 200, self.api.pubkey().to_json()
+
+    def _signing(self) -> Any:
+        if self.api.signing is None:
+            raise unavailable("this node does not offer signing (no signing service is registered)")
+        return self.api.signing
+
+    def _sign(self, request: server.Request, context: ClientContext, _: Any) -> Deferred:
+        signing = self._signing()
+        doc = _json_object(request)
+        unknown = sorted(set(doc) - set(SIGN_FIELDS))
+        if unknown:
+            raise invalid_request(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(SIGN_FIELDS)})")
+        scheme = doc.get("scheme")
+        ciphersuite = doc.get("ciphersuite", "bip445")
+        audit = doc.get("audit", False)
+        if not isinstance(scheme, str) or not isinstance(ciphersuite, str) or not isinstance(audit, bool):
+            raise invalid_request("scheme and ciphersuite must be strings, audit a boolean")
+        if ("request" in doc) == ("request_base64" in doc):
+            raise invalid_request("give the request once: request (the scheme's JSON form) or request_base64")
+        if "request" in doc:
+            raw = signing.request_from_json(scheme, doc["request"])
+        else:
+            try:
+                raw = unb64(doc["request_base64"], "request_base64")
+            except ValueError as e:
+                raise invalid_request(str(e)) from None
+        return signing.sign(scheme, raw, ciphersuite, audit).addCallback(lambda r: (200, r.to_json()))
+
+    def _checkpoints(self, request: server.Request, context: ClientContext, _: Any) -> tuple[int, Any]:
+        signing = self._signing()
+        try:
+            start = nonnegative_int(_query(request, b"from", "1"), "from")
+            limit = nonnegative_int(_query(request, b"limit", "20"), "limit", MAX_U32)
+        except ValueError as e:
+            raise invalid_request(str(e)) from None
+        return 200, signing.checkpoints(start, limit).to_json()
+
+    def _latest_checkpoint(self, request: server.Request, context: ClientContext, _: Any) -> tuple[int, Any]:
+        return 200, checkpoint_to_json(self._signing().latest_checkpoint())
+
+
+def _json_object(request: server.Request) -> dict:
+    try:
+        doc = json.loads(request.content.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise invalid_request(f"body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid_request("body must be a JSON object")
+    return doc
 
 
 def _query(request: server.Request, name: bytes, default: str) -> str:

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_client_server -*-
 """
 The Deferred-based client library: connect to any node over Noise, then
-C{submit}, C{get}, C{topic}, C{status}, C{pubkey}, or any command by name
-(L{FrostnodeClient.call}, for commands added later such as C{sign}).
+C{submit}, C{get}, C{topic}, C{status}, C{pubkey}, C{sign}, C{checkpoint}
+and C{checkpoints}, or any command by name (L{FrostnodeClient.call}, for
+commands a node adds later).
 
 Connecting:
 
@@ -36,6 +37,9 @@ Using a connection:
     connection, pass the same C{timestamp} and C{nonce}: the node's log is
     idempotent and answers with the same id (C{created} false).
   - Records returned by C{get} and C{topic} are checked against their ids.
+  - Signatures returned by C{sign} are verified under the key the node
+    names, and checkpoints against their own statements
+    (L{frostnode.signing.commands}); C{bad-response} otherwise.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ from frostnode.net.errors import LinkViolation, UnsupportedAddress
 from frostnode.net.framing import split_plaintext
 from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseTransport
 from frostnode.net.peers import parse_tcp_address
+from frostnode.signing.commands import (
+    CheckpointPage, CheckpointsArgs, SignArgs, SignResult, check_checkpoint, check_sign_result, decode_checkpoint,
+    scheme_request,
+)
+from frostnode.signing.suites import BIP445
 from frostnode.store.errors import InvalidRecord
 from frostnode.wire import MAX_U32, DecodeError
 
@@ -477,12 +486,77 @@ class FrostnodeClient:
         """The federation's keys: a Deferred of L{PublicKeys} (C{unavailable} before the first DKG)."""
         return self.call("pubkey", b"", timeout).addCallback(lambda raw: _decode(PublicKeys.decode, raw, "pubkey"))
 
+    # -- signing ---------------------------------------------------------------------------------
+
+    def sign(self, scheme: str, request: Any, ciphersuite: str = BIP445, audit: bool = False,
+             timeout: Optional[float] = None) -> Deferred:
+        """
+        Ask the federation, through this node, to sign what C{scheme} makes
+        of C{request}; a Deferred of L{SignResult}, whose signature the
+        library has verified under its C{key} (compare the key with
+        L{pubkey}'s C{output_key} for BIP 445).
+
+        @param request: the scheme's request bytes, or its JSON form (a
+            dict, list, ...), converted here by the scheme's
+            C{request_from_json} (the built-in C{record} and C{ledger}, and
+            schemes installed on this side).
+        @param ciphersuite: C{"bip445"} (BIP340 under the Taproot output
+            key) or C{"rfc9591"} (under the internal key).
+        @param audit: wait for every member's verdict, so that the result
+            names every divergent member.
+        @return: fails with a L{ClientError}: C{views-differ} (its
+            C{members} name who), C{validation-failed}, C{not-enough-signers},
+            C{timeout}, C{unavailable} (no key yet), C{invalid-request}.
+        """
+        try:
+            args = SignArgs(scheme, scheme_request(scheme, request), ciphersuite, audit).encode()
+        except ValueError as e:
+            return fail(invalid_request(str(e)))
+        d = self.call("sign", args, timeout)
+        d.addCallback(lambda raw: _decode(SignResult.decode, raw, "sign"))
+        d.addCallback(_checked, check_sign_result, scheme, ciphersuite)
+        return d
+
+    def checkpoint(self, timeout: Optional[float] = None) -> Deferred:
+        """
+        The newest checkpoint this node signed, verified: a Deferred of
+        L{Checkpoint} (C{not-found} before the first).
+        """
+        d = self.call("checkpoint", b"", timeout)
+        d.addCallback(lambda raw: _decode(decode_checkpoint, raw, "checkpoint"))
+        return d.addCallback(_checked, check_checkpoint)
+
+    def checkpoints(self, from_seq: int = 1, limit: int = 100, timeout: Optional[float] = None) -> Deferred:
+        """
+        This node's checkpoints numbered C{from_seq} and up, oldest first,
+        each verified: a Deferred of L{CheckpointPage}.
+        """
+        try:
+            args = CheckpointsArgs(from_seq, limit).encode()
+        except ValueError as e:
+            return fail(invalid_request(str(e)))
+        d = self.call("checkpoints", args, timeout)
+        d.addCallback(lambda raw: _decode(CheckpointPage.decode, raw, "checkpoints"))
+
+        def verified(page: CheckpointPage) -> CheckpointPage:
+            for cp in page.checkpoints:
+                _checked(cp, check_checkpoint)
+            return page
+        return d.addCallback(verified)
+
 
 def _decode(decoder: Any, raw: bytes, command: str) -> Any:
     try:
         return decoder(raw)
     except DecodeError as e:
         raise BadResponse(f"malformed {command} answer: {e}") from None
+
+
+def _checked(value: Any, check: Any, *args: Any) -> Any:
+    try:
+        return check(value, *args)
+    except ValueError as e:
+        raise BadResponse(str(e)) from None
 
 
 def _check_id(record: Record, record_id: bytes) -> Record:

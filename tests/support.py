@@ -92,6 +92,8 @@ class LogCapture:
         """
         Fires with L{matching}C{(text, **fields)} once it holds at least
         C{count} events (at once if it does); cancelling forgets the wait.
+        It fires in the reactor turn after the event, so the test does not
+        resume inside the code that logged it.
         """
         if len(self.matching(text, **fields)) >= count:
             return succeed(self.matching(text, **fields))
@@ -111,7 +113,7 @@ class LogCapture:
                 found = self.matching(text, **fields)
                 if len(found) >= count:
                     self._waiters.remove(waiter)
-                    d.callback(found)
+                    reactor.callLater(0, lambda d=d, found=found: d.called or d.callback(found))
 
 
 # -- child processes ------------------------------------------------------------------

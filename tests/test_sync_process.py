@@ -27,7 +27,7 @@ from twisted.internet.error import ProcessTerminated
 from twisted.trial.unittest import TestCase
 
 from tests.support import EventProcess
-from tests.test_sync_support import FAST, TcpFederation, record, temp_path, wait_converged, wait_until
+from tests.test_sync_support import FAST, TcpFederation, record, temp_path, until, wait_converged
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sync_node.py")
 
@@ -98,10 +98,10 @@ class KillTests(TestCase):
         self.assertEqual([e["held"] for e in got], [True] * 20)
         yield wait_converged(peers, 20, timeout=30)
         self.assertTrue(all(b.record_id in p.log for b in bodies for p in peers))
-        yield wait_until(lambda: sum(p.sync.records_fetched for p in peers) == 4 * 20, 5)
+        yield until(peers, lambda: sum(p.sync.records_fetched for p in peers) == 4 * 20, 5)
         # the restarted member takes new records and spreads them as usual
         child.send(cmd="submit", topic="t", payload=b"after".hex(), client=(b"\x05" * 32).hex())
         yield child.when(lambda e: e["event"] == "ack")
-        yield wait_until(lambda: all(p.digest()[0] == 21 for p in peers), 30)
+        yield until(peers, lambda: all(p.digest()[0] == 21 for p in peers), 30)
         child.send(cmd="stop")
         yield child.ended

@@ -34,9 +34,10 @@ from tests.test_sync_support import (
     converged,
     record,
     submit_all,
+    until,
     wait_converged,
-    wait_until,
 )
+from tests.support import with_timeout
 
 
 class ReplicationTests(TestCase):
@@ -81,7 +82,7 @@ class ReplicationTests(TestCase):
             peers = nodes[4].sync.status()["peers"]
             return all(p["digest"] == digest and p["lag"] == 0 and p["missing"] == 0 for p in peers.values())
 
-        yield wait_until(settled, 10)
+        yield until([nodes[4]], settled, 10)
         status = nodes[4].sync.status()
         self.assertEqual((status["count"], status["digest"]), (30, digest))
         self.assertEqual(status["links_up"], 4)
@@ -91,7 +92,7 @@ class ReplicationTests(TestCase):
         # a silenced peer shows as down, and its lag grows with what it misses
         fed.net.silence(nodes[1].key)
         yield submit_all(nodes, [record(100 + i) for i in range(7)], lambda i: 0)
-        yield wait_until(lambda: nodes[0].sync.status()["peers"][nodes[2].key.hex()]["lag"] == 0, 10)
+        yield until([nodes[0]], lambda: nodes[0].sync.status()["peers"][nodes[2].key.hex()]["lag"] == 0, 10)
         peer1 = nodes[0].sync.status()["peers"][nodes[1].key.hex()]
         self.assertFalse(peer1["up"])
         self.assertEqual(peer1["lag"], 7)
@@ -126,7 +127,7 @@ class ReplicationTests(TestCase):
         yield wait_converged(fed.nodes, 1)
         self.assertEqual(fed.nodes[2].sync.batches_broadcast, 0)
         # (the counter moves when the write's Deferred fires, just after the commit is visible)
-        yield wait_until(lambda: sum(n.sync.records_fetched for n in fed.nodes) == 4, 5)
+        yield until(fed.nodes, lambda: sum(n.sync.records_fetched for n in fed.nodes) == 4, 5)
 
 
 class FaultTests(TestCase):
@@ -143,7 +144,7 @@ class FaultTests(TestCase):
         self.assertEqual(down.digest()[0], 0)
         fed.net.unsilence(down.key)
         yield wait_converged(nodes, 1000, timeout=60)
-        yield wait_until(lambda: down.sync.records_fetched == 1000, 5, lambda: f"{down.sync.records_fetched} fetched")
+        yield until([down], lambda: down.sync.records_fetched == 1000, 5, lambda: f"{down.sync.records_fetched} fetched")
 
     @inlineCallbacks
     def test_partition_cut_and_healed_converges(self):
@@ -191,7 +192,7 @@ class FaultTests(TestCase):
         yield submit_all(nodes, [record(i) for i in range(100)], lambda i: 0)
         yield wait_converged(nodes[:4], 100)
         # the victim can only ask the liar, which serves altered records
-        yield wait_until(lambda: capture.matching("rejected", culprit=liar.short), 10)
+        yield with_timeout(capture.when("rejected", culprit=liar.short), 10, "the victim to reject the liar's page")
         self.assertEqual(victim.digest()[0], 0)
         self.assertIn("does not verify", capture.matching("rejected", culprit=liar.short)[0]["reason"])
         fed.net.heal(victim.key, nodes[2].key)
@@ -210,7 +211,7 @@ class FaultTests(TestCase):
         # a batch in the liar's name, signed with another member's key
         sig = framed.member.host.sign(batch_statement(liar.key, 1, [(body.record_id, 5_000_000)]))
         liar.broadcast.broadcast(b"sync/1-1", encode_batch(1, sig, [(5_000_000, body)]))
-        yield wait_until(lambda: len(capture.matching("sync batch", culprit=liar.short)) == 4, 10)
+        yield with_timeout(capture.when("sync batch", 4, culprit=liar.short), 10, "4 members to reject the batch")
         # a good batch afterwards still flows
         yield liar.sync.submit(record(2))
         yield wait_converged(nodes, 1)
@@ -229,12 +230,39 @@ class FaultTests(TestCase):
         served = server.sync.pages_served
         for _ in range(200):
             hostile.links.send(server.key, CHANNEL_SYNC, encode_request(server.key, 1, 10))
-        yield wait_until(lambda: capture.matching("over the rate limit", culprit=hostile.short), 10)
+        yield with_timeout(capture.when("over the rate limit", culprit=hostile.short), 10, "the rate limit to bite")
         self.assertTrue(capture.matching("malformed sync message", culprit=hostile.short))
         self.assertLessEqual(server.sync.pages_served - served, 9)
         # the server keeps serving everyone else
         yield submit_all(nodes, [record(100 + i) for i in range(20)], lambda i: 0)
         yield wait_converged(nodes, 40)
+
+
+class ObserverTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_change_observers_hear_of_stored_records_and_one_that_raises_is_logged(self):
+        fed = MemoryFederation(self, n=3)
+        origin, other = fed.nodes[0], fed.nodes[1]
+        capture = LogCapture()
+        self.addCleanup(capture.stop)
+        seen: dict[bytes, list[int]] = {origin.key: [], other.key: []}
+
+        def broken() -> None:
+            raise RuntimeError("observer bug")
+
+        for node in (origin, other):
+            node.sync.add_change_observer(broken)
+            node.sync.add_change_observer(lambda node=node: seen[node.key].append(node.digest()[0]))
+        yield origin.sync.submit(record(1))
+        # told once the record is stored, before the submitter hears of it
+        self.assertEqual(seen[origin.key][-1], 1)
+        yield wait_converged(fed.nodes, 1)
+        self.assertIn(1, seen[other.key])
+        # the broken observer is logged each time, and did not stop the one after it
+        self.assertTrue(capture.matching("sync change observer"))
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
 
 
 class SubmitTests(TestCase):

@@ -3,6 +3,12 @@ Shared helpers for the tests.test_sync_* modules (no tests here): members
 with real keys and cards (from L{tests.support}), a federation of sync
 nodes over in-memory links or real loopback links, each on its own LMDB
 store in a temporary directory, and waits for convergence.
+
+Waits on in-process nodes (L{until}, L{wait_converged}) re-check their
+condition after each change a node's sync service reports
+(L{SyncService.add_change_observer}: its writes to the log completing, the
+messages and batches it handles), not on a timer.  L{wait_until} polls, for
+state in another process, which sends no event here.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from frostnode.broadcast.service import ReliableBroadcast
 from frostnode.identity import MemberDirectory
@@ -59,6 +66,15 @@ class Node:
     sync: SyncService
     links: Any
     extra: list = field(default_factory=list)
+    #: Called (without arguments) after each change the sync service reports.
+    watchers: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sync.add_change_observer(self._changed)
+
+    def _changed(self) -> None:
+        for watcher in list(self.watchers):
+            watcher()
 
     @property
     def key(self) -> bytes:
@@ -178,9 +194,56 @@ def submit_all(nodes: Sequence[Node], bodies: Sequence[RecordBody], assign: Call
     return gatherResults([nodes[assign(i)].sync.submit(b) for i, b in enumerate(bodies)])
 
 
+def until(nodes: Sequence[Node], predicate: Callable[[], bool], timeout: float,
+          describe: Callable[[], str] = lambda: "") -> Deferred:
+    """
+    Fires once C{predicate()} holds: checked now, then in the reactor turn
+    after each change one of C{nodes} reports (so never inside a service's
+    callback); fails after C{timeout} seconds.
+    """
+    if predicate():
+        return succeed(None)
+    done: Deferred = Deferred()
+    check: list[Any] = []   # the scheduled check, if any
+
+    def finish(result: Any) -> None:
+        for n in nodes:
+            n.watchers.remove(changed)
+        for call in check + [timer]:
+            if call.active():
+                call.cancel()
+        done.callback(result)
+
+    def recheck() -> None:
+        check.clear()
+        try:
+            holds = predicate()
+        except Exception:
+            finish(Failure())
+            return
+        if holds:
+            finish(None)
+
+    def changed() -> None:
+        if not check:
+            check.append(reactor.callLater(0, recheck))
+
+    def expired() -> None:
+        finish(Failure(AssertionError(f"condition not met within {timeout} s. {describe()}")))
+
+    timer = reactor.callLater(timeout, expired)
+    for n in nodes:
+        n.watchers.append(changed)
+    return done
+
+
 @inlineCallbacks
 def wait_until(predicate: Callable[[], bool], timeout: float, describe: Callable[[], str] = lambda: "") -> Any:
-    """Poll C{predicate} every 20 ms on the real reactor until true; fail after C{timeout} seconds."""
+    """
+    Poll C{predicate} every 20 ms on the real reactor until true; fail after
+    C{timeout} seconds.  Only for state in another process: a condition on
+    nodes in this one is awaited with L{until}.
+    """
     deadline = reactor.seconds() + timeout
     while not predicate():
         if reactor.seconds() > deadline:
@@ -198,7 +261,7 @@ def describe(nodes: Sequence[Node]) -> Callable[[], str]:
 
 
 def wait_converged(nodes: Sequence[Node], count: Optional[int] = None, timeout: float = 20.0) -> Deferred:
-    return wait_until(lambda: converged(nodes, count), timeout, describe(nodes))
+    return until(nodes, lambda: converged(nodes, count), timeout, describe(nodes))
 
 
 def temp_path(test: Any) -> str:

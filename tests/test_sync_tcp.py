@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.test_net_support import fast_config
-from tests.test_sync_support import TcpFederation, record, submit_all, wait_converged, wait_until
+from tests.test_sync_support import TcpFederation, record, submit_all, until, wait_converged
 
 
 class LoopbackTests(TestCase):
@@ -47,4 +47,4 @@ class LoopbackTests(TestCase):
         back = fed.start(4)
         self.assertEqual(back.digest()[0], 50)
         yield wait_converged(fed.running(), 1050, timeout=60)
-        yield wait_until(lambda: back.sync.records_fetched > 500, 5, lambda: f"{back.sync.records_fetched} fetched")
+        yield until([back], lambda: back.sync.records_fetched > 500, 5, lambda: f"{back.sync.records_fetched} fetched")

@@ -37,12 +37,17 @@ origin's signature checked, and each record inserted with the batch's proof.
 A catch-up page is checked the same way (L{verify_page}) before any of it is
 written.  A record that fails is logged with its culprit and dropped; the
 sender's other messages are still handled.
+
+Observing: L{SyncService.add_change_observer} calls back after every event
+that can change what the log, L{SyncService.status} and the counters show,
+so a test or tool waits for a condition on them (every member holds the
+same records; a peer's lag is 0) without polling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults
@@ -258,11 +263,12 @@ class SyncService(Service):
         self.pages_fetched = 0
         self.records_fetched = 0
         self.rejected = 0
-        links.register(CHANNEL_SYNC, self._received)
-        broadcast.subscribe(TAG_PREFIX, self._delivered)
+        self._change_observers: list[Callable[[], None]] = []
+        links.register(CHANNEL_SYNC, self._then_changed(self._received))
+        broadcast.subscribe(TAG_PREFIX, self._then_changed(self._delivered))
         observe = getattr(links, "add_link_observer", None)
         if observe is not None:
-            observe(self._link_changed)
+            observe(self._then_changed(self._link_changed))
 
     # -- Service -----------------------------------------------------------------------
 
@@ -316,6 +322,7 @@ class SyncService(Service):
             return fail(e)
         self._pending_submissions += 1
         d.addBoth(self._appended, body, micros(check_time(now, "now")))
+        d.addBoth(self._changed)
         return d
 
     def get(self, record_id: bytes) -> Optional[LogEntry]:
@@ -370,6 +377,40 @@ class SyncService(Service):
                 "requests_in_flight": self.planner.in_flight,
             },
         }
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def add_change_observer(self, observer: Callable[[], None]) -> None:
+        """
+        Call C{observer()} after every event that can change what the log,
+        L{status} and the received, fetched and served counters show: each
+        write of ours to the log completing (a submission, a record from a
+        broadcast batch or a catch-up page, a retention run) and each sync
+        message, delivered batch or link change handled.  An observer runs
+        inside this service's callbacks: it should only note the change (a
+        test re-checks its condition in a later reactor turn).  One that
+        raises is logged; the others still run.
+        """
+        self._change_observers.append(observer)
+
+    def _changed(self, result: Any = None) -> Any:
+        for observer in list(self._change_observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("sync change observer {observer!r} failed", observer=observer)
+        return result
+
+    def _then_changed(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """C{handler}, telling the change observers once it has run."""
+
+        def handle(*args: Any) -> None:
+            try:
+                handler(*args)
+            finally:
+                self._changed()
+
+        return handle
 
     # -- our records: batch, sign, broadcast --------------------------------------------------
 
@@ -495,6 +536,7 @@ class SyncService(Service):
         for env in envelopes:
             d = self.datalog.insert_remote(env)
             d.addCallbacks(self._count_received, self._insert_failed, errbackArgs=(origin, "broadcast"))
+            d.addBoth(self._changed)
 
     def _count_received(self, result: Any) -> None:
         if result.created:
@@ -689,6 +731,7 @@ class SyncService(Service):
             for env in envelopes:
                 d = self.datalog.insert_remote(env)
                 d.addCallbacks(self._count_fetched, self._insert_failed, errbackArgs=(peer, "catch-up"))
+                d.addBoth(self._changed)
                 waits.append(d)
             gatherResults(waits).addBoth(self._page_written, page.origin, upto)
         self._plan()
@@ -711,4 +754,5 @@ class SyncService(Service):
 
         d = self.datalog.prune(self.clock.seconds()).addCallback(again)
         d.addErrback(lambda f: self.log.failure("pruning the log failed", f))
+        d.addBoth(self._changed)
         return d

@@ -12,7 +12,11 @@ open (C{node.keystore})::
                                        links=node.peers)
     node.client.setServiceParent(node)
 
-and the signing service, later: C{node.client.api.register_command("sign", handler)}.
+and the signing service's commands (C{sign}, C{checkpoint}, C{checkpoints},
+the HTTP signing routes and the C{signing} status section) with
+L{frostnode.signing.commands.register_signing_commands}::
+
+    register_signing_commands(node.client.api, node.signing, node.schemes)
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ from frostnode.validation.registry import load_schemes
 from frostnode.wire import DecodeError
 from tests.test_client_http import check_schema, load_openapi, resolve
 from tests.test_client_support import FakeSync, listening_socket
-from tests.test_sync_support import FAST, Member, make_member, wait_until
+from tests.test_sync_support import FAST, Member, make_member, until
 
 EPOCH = 1
 T, N = 3, 5
@@ -96,6 +96,8 @@ class SignNode:
         self.path = path
         self.sync: Any = None
         self.extra: list = []
+        #: Called after each change the real sync service reports (L{until}).
+        self.watchers: list[Callable[[], None]] = []
         self.open()
 
     @property
@@ -110,6 +112,7 @@ class SignNode:
         if fed.real_sync:
             bc = ReliableBroadcast(links, fed.keys, reactor, sweep_interval=1.0)
             self.sync = SyncService(self.log, links, bc, self.host, fed.directory, reactor, FAST)
+            self.sync.add_change_observer(lambda: [watcher() for watcher in list(self.watchers)])
             bc.startService()
             self.sync.startService()
             self.extra = [self.sync, bc]
@@ -289,7 +292,7 @@ class LibraryTests(TestCase):
         """The record reaches the members by the real sync service (broadcast over the same links)."""
         fed = Federation(self, real_sync=True)
         rid = await submit_record(fed, A)
-        await wait_until(lambda: all(n.log.get(rid) is not None for n in fed.nodes), 10)
+        await until(fed.nodes, lambda: all(n.log.get(rid) is not None for n in fed.nodes), 10)
         c = await fed.client(C)
         keys = await c.pubkey()
         result = await c.sign("record", {"records": [rid.hex()]}, audit=True)

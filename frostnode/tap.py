@@ -79,7 +79,9 @@ from frostnode.dkg.storage import KeyStoreDkgStorage
 from frostnode.keys import NodeKeys, check_membership, load_node_keys
 from frostnode.metrics import MetricsService, Registry, watch_peer_network, watch_sync_lag
 from frostnode.net.peers import LinkConfig, PeerNetwork
+from frostnode.signing.commands import register_signing_commands
 from frostnode.signing.service import SigningConfig, SigningService
+from frostnode.store.checkpoints import CheckpointStore
 from frostnode.store.db import Database, StoreService
 from frostnode.store.errors import StoreError
 from frostnode.store.keys import KeyStore
@@ -467,18 +469,18 @@ def build_node(config: Config, keys: NodeKeys, reactor: Any,
     node.sync.setServiceParent(node)
     node.signing = SigningService(node.peers, node.directory, keys.host, node.keystore, node.nonces,
                                   DataLogView(node.datalog), node.schemes, reactor, signing_config(config))
+    node.signing.keep_checkpoints(CheckpointStore(node.db))
     node.signing.setName("signing")
     node.signing.setServiceParent(node)
+    # A new or outranking certified key reaches signing as soon as it is on disk.
+    node.dkg.observe_keys(node.signing.epochs_changed)
 
     # Ports facing outside.
     node.client = build_client_service(config, keys.noise.secret, node.sync, reactor, keystore=node.keystore,
                                        directory=node.directory, links=node.peers,
                                        network=config.federation.network)
     node.client.setServiceParent(node)
-    # Seam: the client-facing "sign" command (library, CLI and HTTP codec)
-    # does not exist yet.  When it lands it is registered here, over
-    # node.signing.sign(scheme, request, ciphersuite):
-    #     node.client.api.register_command("sign", <handler from frostnode.client/signing>)
+    register_signing_commands(node.client.api, node.signing, node.schemes)
     if config.metrics.enabled:
         node.metrics = Registry()
         watch_node(node.metrics, node)

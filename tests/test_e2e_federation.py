@@ -232,6 +232,15 @@ class FederationTests(TestCase):
         record = yield self.fetch(clients[2], accepted.record_id)
         self.assertEqual(record.body.payload, b"hello, federation")
 
+        # Member 1 coordinates a signature over that record ("record" scheme):
+        # every signer validates its own copy first.  It verifies as an
+        # ordinary BIP340 signature under the output key that pubkey reported.
+        signed = yield clients[1].sign("record", {"records": [accepted.record_id.hex()]})
+        self.assertEqual(signed.key, keys[0].output_key)
+        self.assertTrue(PublicKeyXOnly(keys[0].output_key).verify(signed.signature, signed.message))
+        self.assertGreaterEqual(len(signed.signers), 2)
+        self.assertEqual(dict(signed.divergent), {})
+
         # Clean shutdown: every node stops its services and exits by SIGTERM.
         for c in clients:
             c.close()

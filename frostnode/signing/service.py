@@ -556,6 +556,8 @@ class SigningService(Service):
         def reserved(stored: NonceEntry) -> None:
             # The spent mark is on disk: only now may a share made with it leave.
             self.issuer.used(epoch, entry.nonce_id)
+            self.log.debug("signing: nonce {nonce_id} of epoch {epoch} spent for {coordinator} session {session}",
+                           nonce_id=entry.nonce_id, epoch=epoch, coordinator=coordinator, session=req.session)
             nonce = SecretNonce.from_persisted(int.from_bytes(stored.k1, "big"), int.from_bytes(stored.k2, "big"),
                                                stored.commitment)
             try:

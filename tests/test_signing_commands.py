@@ -519,6 +519,10 @@ class DoorsTests(TestCase):
         self.assertIn("frostnode-client: not-enough-signers: ", err)
         for i in (A, B, D):
             self.assertIn(f"  {fed.keys[i].hex()}: misbehaved: ", err)
+        status, out, err = await self.cli(node, "status")
+        self.assertIn("signing    3 signed, 2 failed here; newest checkpoint 1\n", out)  # 2 + the checkpoint; 2 errors
+        for i in (A, B, D):
+            self.assertIn(f"  misbehaving {fed.keys[i].hex()[:16]}: invalid signature share", out)
 
     @asynctest
     async def test_blocking_client_from_a_script_thread(self) -> None:

@@ -312,6 +312,15 @@ def format_status(s: dict) -> str:
     lines.append(f"log        {log.get('count')} records, digest {log.get('digest')}")
     for origin, st in sorted((log.get("origins") or {}).items()):
         lines.append(f"  origin {origin[:16]}  have {st.get('have')}  max {st.get('max_seq')}  floor {st.get('floor')}")
+    signing = s.get("signing")
+    if isinstance(signing, dict) and "signatures" in signing:
+        checkpoint = signing.get("checkpoint")
+        lines.append(f"signing    {signing.get('signatures')} signed, {signing.get('failures')} failed here; "
+                     f"newest checkpoint {checkpoint if checkpoint is not None else 'none'}")
+        for state in ("unresponsive", "misbehaving"):
+            for key in signing.get(state) or []:
+                detail = (signing.get("members") or {}).get(key, {}).get("detail", "")
+                lines.append(f"  {state} {key[:16]}" + (f": {detail}" if detail else ""))
     sync = s.get("sync")
     if sync:
         lines.append("sync")

@@ -14,5 +14,8 @@ Pure cores (no reactor, no sockets, no LMDB):
 - L{frostnode.signing.checkpoint}: the federation's own checkpoint scheme.
 
 The Twisted driver is L{frostnode.signing.service.SigningService}; failures
-are L{frostnode.signing.errors.SigningFailed}.
+are L{frostnode.signing.errors.SigningFailed}.  What clients may ask of it
+(C{sign}, C{checkpoint}, C{checkpoints}, the C{signing} status section),
+with the codecs the client library shares, is
+L{frostnode.signing.commands}; docs/signing.rst is the guide.
 """

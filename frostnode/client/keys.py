@@ -34,11 +34,11 @@ from typing import Mapping, Optional
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from frostnode.keys import KeyFileError, read_key_file
+from frostnode.keys import KeyFileError, read_key_file, write_key_file
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
 
 CLIENT_KEY_KIND = "client-key"
-_COMMENT = "# frostnode client key (X25519 Noise static key): this client's identity to nodes. Keep it secret.\n"
+_COMMENT = "frostnode client key (X25519 Noise static key): this client's identity to nodes. Keep it secret."
 
 
 def default_key_path(environ: Optional[Mapping[str, str]] = None) -> Path:
@@ -74,18 +74,12 @@ def load_or_create_client_key(path: Path) -> bytes:
             raise KeyFileError(path.parent, f"cannot be created: {e.strerror}") from None
         secret = generate_client_key()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        except OSError as e:
-            raise KeyFileError(path, f"cannot be created: {e.strerror}") from None
+            write_key_file(path, CLIENT_KEY_KIND, secret, _COMMENT)
+        except KeyFileError:
+            if not path.exists():
+                raise
+            # Another process created it first: use theirs (read below, with every check).
         else:
-            try:
-                os.fchmod(fd, 0o600)
-                os.write(fd, (_COMMENT + f"{CLIENT_KEY_KIND} {secret.hex()}\n").encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             return secret
     secret = read_key_file(path, CLIENT_KEY_KIND)
     try:

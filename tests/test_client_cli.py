@@ -4,6 +4,7 @@ on real loopback: the CLI in-process (its L{run}) for every command and its
 errors, as a real subprocess of the venv's console script (stdin payload,
 C{--json}, C{--raw}), and L{BlockingClient} from a script thread.  The
 client's stored key is created owner-only and refused when it is not.
+C{status} in front of a real sync service prints one short row per peer.
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from frostnode.client.api import NodeAPI
 from frostnode.client.blocking import BlockingClient, ensure_reactor_running
-from frostnode.client.cli import run
+from frostnode.client.cli import format_status, run
 from frostnode.client.errors import ClientError
 from frostnode.client.keys import client_public_key, default_key_path, load_or_create_client_key
+from frostnode.client.library import NodeTarget, connect
+from frostnode.client.server import ClientPortService
 from frostnode.keys import KeyFileError
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
 
-from tests.test_client_support import TestNode, add_epoch
+from tests.test_client_support import TestNode, add_epoch, listening_socket
+from tests.test_sync_support import MemoryFederation, until, wait_converged
 
 
 class _Collect(ProcessProtocol):
@@ -134,6 +139,9 @@ class CliTests(TestCase):
         self.assertEqual(status, 0)
         self.assertIn(f"output key    {epoch.output_key.hex()}", out)
         self.assertIn("address       bcrt1p", out)
+        self.assertIn("this node     holds a share (can sign)", out)
+        status, out, err = yield self.cli("--json", "pubkey")
+        self.assertEqual((json.loads(out)["epoch"], json.loads(out)["holds_share"]), (1, True))
 
         status, out, err = yield self.cli("--json", "key")
         self.assertEqual(json.loads(out), {"client_key": me.hex(), "path": str(self.key)})
@@ -181,6 +189,18 @@ class CliTests(TestCase):
         self.assertEqual(status, 1)
         self.assertIn("chmod 600", err)
         self.assertRaises(KeyFileError, load_or_create_client_key, self.key)
+
+    def test_key_file_format(self) -> None:
+        """One comment line and the key line, as the member key files (frostnode.keys); never overwritten."""
+        secret = load_or_create_client_key(self.key)
+        lines = self.key.read_text().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[0].startswith("# frostnode client key (X25519"))
+        self.assertEqual(lines[1], f"client-key {secret.hex()}")
+        self.assertEqual(load_or_create_client_key(self.key), secret)
+        self.key.write_text("host-key " + "11" * 32 + "\n")
+        e = self.assertRaises(KeyFileError, load_or_create_client_key, self.key)
+        self.assertIn("not a frostnode client-key file", str(e))
 
     def test_default_key_path(self) -> None:
         self.assertEqual(default_key_path({"FROSTNODE_CLIENT_KEY": "/k/c.key", "HOME": "/h"}), Path("/k/c.key"))
@@ -239,3 +259,60 @@ class BlockingClientTests(TestCase):
     def test_not_from_the_reactor_thread(self) -> None:
         yield deferLater(reactor, 0, lambda: None)  # now running in the reactor thread
         self.assertRaises(RuntimeError, ensure_reactor_running, reactor)
+
+
+class StatusOutputTests(TestCase):
+    """C{frostnode-client status} against a node of a three-member federation with its real sync service."""
+
+    @inlineCallbacks
+    def test_sync_section_is_a_table_of_peers(self) -> None:
+        fed = MemoryFederation(self, n=3)
+        node = fed.nodes[0]
+        endpoint, port = listening_socket()
+        service = ClientPortService(NodeAPI(node.sync, reactor, directory=fed.directory, threshold=2,
+                                            links=node.links), node.member.noise_private, endpoint, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.when_listening()
+        target = ["--ephemeral", "--node", f"127.0.0.1:{port}", "--node-key",
+                  noise_public_key(node.member.noise_private).hex()]
+        client = yield connect(reactor, NodeTarget("127.0.0.1", port, noise_public_key(node.member.noise_private)))
+        yield client.submit("t", b"x")
+        yield client.close()
+        yield wait_converged(fed.nodes, 1, timeout=10)
+
+        def peers_agree() -> bool:  # every peer's last summary shows our digest
+            st = node.sync.status()
+            return all(p["digest"] == st["digest"] for p in st["peers"].values())
+
+        yield until(fed.nodes, peers_agree, timeout=10)
+        out, err = io.StringIO(), io.StringIO()
+        code = yield run(reactor, target + ["status"], io.BytesIO(), out, err)
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        text = out.getvalue()
+        lines = text.splitlines()
+        head = lines.index(next(line for line in lines if line.startswith("sync ")))
+        self.assertIn("pending: 0 submissions", lines[head])
+        self.assertEqual(lines[head + 1].split(), ["peer", "up", "lag", "missing", "digest", "summary"])
+        others = sorted(n.key.hex() for n in fed.nodes[1:])
+        rows = [line.split() for line in lines[head + 2:head + 4]]
+        self.assertEqual([r[:6] for r in rows], [[k[:16], "yes", "0", "0", "equal", r[5]] for k, r in zip(others, rows)])
+        for row in rows:
+            self.assertRegex(" ".join(row[5:]), r"^\d+\.\ds ago$")
+        for key in others:
+            self.assertNotIn(key, text)  # no full keys, no flattened "peers.<key>.summary_age: 0.0123..."
+        self.assertNotIn("summary_age", text)
+
+        out = io.StringIO()
+        code = yield run(reactor, target + ["--json", "status"], io.BytesIO(), out, io.StringIO())
+        full = json.loads(out.getvalue())
+        self.assertEqual(sorted(full["sync"]["peers"]), others)  # --json keeps everything
+        self.assertIn("summary_age", full["sync"]["peers"][others[0]])
+
+        # A peer that is behind and down, and one never heard from, as the same report would show them.
+        full["sync"]["peers"][others[0]].update(up=False, lag=3, missing=1, digest="ab" * 32)
+        full["sync"]["peers"][others[1]].update(up=False, lag=None, missing=None, digest=None, count=None,
+                                                summary_age=None)
+        rows = [line.split() for line in format_status(full).splitlines()[-2:]]
+        self.assertEqual(rows, [[others[0][:16], "no", "3", "1", "differs"] + rows[0][5:],
+                                [others[1][:16], "no", "-", "-", "-", "none", "yet"]])

@@ -4,7 +4,8 @@ round trip, typed errors with their HTTP status, body limits enforced before
 the body is read, rate limits with Retry-After, and docs/openapi.yaml
 checked against the server (routes, methods, statuses, error codes, and the
 shape of every body the tests received).  Also the layer's service as a
-node builds it from its config.
+node builds it from its config, and its C{when_listening} after a failed
+listen or a stop before the port was bound.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
@@ -164,7 +167,8 @@ class HttpTests(TestCase):
         self.assertEqual((response.code, error["error"]["code"]), (503, "unavailable"))
         epoch = add_epoch(self.node.keystore, (self.node.host.public,))
         response, keys = yield self.call("GET", "/v1/pubkey")
-        self.assertEqual((response.code, keys["output_key"], keys["network"]), (200, epoch.output_key.hex(), "regtest"))
+        self.assertEqual((response.code, keys["output_key"], keys["network"], keys["holds_share"]),
+                         (200, epoch.output_key.hex(), "regtest", True))
 
     @inlineCallbacks
     def test_typed_errors(self) -> None:
@@ -274,3 +278,29 @@ class ServiceTests(TestCase):
                                    FakeSync(node.log, reactor), reactor)
         self.assertIsNone(off.http)
         self.assertIsNotNone(off.port)
+
+    def test_when_listening_after_a_failed_listen(self) -> None:
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        node = TestNode(self)
+        http = HttpApiService(node.api, TCP4ServerEndpoint(reactor, busy.getsockname()[1], interface="127.0.0.1"),
+                              reactor)
+        early = http.when_listening()
+        http.startService()
+        self.addCleanup(http.stopService)
+        self.failureResultOf(early, CannotListenError)
+        self.failureResultOf(http.when_listening(), CannotListenError)
+
+    def test_stopped_before_the_port_is_bound(self) -> None:
+        class Slow:
+            def listen(self, factory: Any) -> Deferred:
+                return Deferred()
+
+        http = HttpApiService(TestNode(self).api, Slow(), reactor)
+        http.startService()
+        waiting = http.when_listening()
+        http.stopService()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertIsNone(http.port)

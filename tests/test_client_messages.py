@@ -17,16 +17,17 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from frostnode.client.api import NodeAPI, as_client_error
 from frostnode.client.errors import ERROR_CODES, HTTP_STATUS, REMOTE_CODES, ClientError
 from frostnode.client.handshake import ClientHandshake, NodeHello, encode_client_hello
-from frostnode.client.limits import ClientLimits, ClientRegistry, TokenBucket
+from frostnode.client.limits import AddressCaps, ClientLimits, ClientRegistry, Source, TokenBucket, source_of
 from frostnode.client.messages import (
     Accepted, Frame, FrameReader, Oversized, PublicKeys, Record, SubmitArgs, TopicArgs, TopicPage, decode_request,
     decode_response, decode_status, encode_error, encode_frame, encode_ok, encode_request, encode_status,
@@ -177,8 +178,12 @@ class CommandCodecTests(SynchronousTestCase):
     def test_pubkey_address_must_match_the_output_key(self) -> None:
         internal = pubkey_xonly((5).to_bytes(32, "big"))
         output, _ = taproot_output_key(internal)
-        keys = PublicKeys(3, internal, output, p2tr_address(output, "regtest"), "regtest")
+        keys = PublicKeys(3, internal, output, p2tr_address(output, "regtest"), "regtest", True)
         self.assertEqual(PublicKeys.decode(keys.encode()), keys)
+        excluded = keys._replace(holds_share=False)
+        self.assertEqual(PublicKeys.decode(excluded.encode()), excluded)
+        self.assertEqual(excluded.to_json()["holds_share"], False)
+        self.assertRaises(DecodeError, PublicKeys.decode, keys.encode()[:-1] + b"\x02")
         wrong = keys._replace(address=p2tr_address(internal, "regtest"))
         self.assertRaises(DecodeError, PublicKeys.decode, wrong.encode())
         self.assertRaises(DecodeError, PublicKeys.decode, keys._replace(network="moonnet").encode())
@@ -245,6 +250,54 @@ class LimitTests(SynchronousTestCase):
         self.assertRaises(ValueError, ClientLimits, rate=0)
         self.assertRaises(ValueError, ClientLimits, max_in_flight=True)
         self.assertRaises(ValueError, ClientLimits, max_request_size=2**32)
+        self.assertRaises(ValueError, ClientLimits, max_connections_per_address=0)
+
+    def test_default_caps_leave_room_for_other_sources(self) -> None:
+        """One source, loopback included, can never take every connection or handshake slot of the port."""
+        d = ClientLimits()
+        self.assertLess(d.max_connections_per_address, d.max_connections_per_loopback)
+        self.assertLess(d.max_connections_per_loopback, d.max_connections)
+        self.assertLess(d.max_handshaking_per_address, d.max_handshaking_per_loopback)
+        self.assertLess(d.max_handshaking_per_loopback, d.max_handshaking)
+
+    def test_source_of(self) -> None:
+        self.assertEqual(source_of(IPv4Address("TCP", "192.0.2.7", 1)), Source("192.0.2.7", False))
+        self.assertEqual(source_of(IPv4Address("TCP", "127.0.0.2", 1)), Source("127.0.0.2", True))
+        self.assertEqual(source_of(IPv6Address("TCP", "::1", 1)), Source("::1", True))
+        self.assertEqual(source_of(IPv6Address("TCP", "::ffff:192.0.2.7", 1)), Source("192.0.2.7", False))
+        # One host holds a whole IPv6 /64: its addresses are one source.
+        a = source_of(IPv6Address("TCP", "2001:db8:1:2::5", 1))
+        b = source_of(IPv6Address("TCP", "2001:db8:1:2:ffff:1:2:3%eth0", 1))
+        self.assertEqual((a, b), (Source("2001:db8:1:2::/64", False),) * 2)
+        self.assertNotEqual(source_of(IPv6Address("TCP", "2001:db8:1:3::5", 1)), a)
+        self.assertEqual(source_of(UNIXAddress(b"/run/frostnode.sock")), Source("local", True))
+
+    def test_address_caps(self) -> None:
+        caps = AddressCaps(ClientLimits(max_connections_per_address=2, max_handshaking_per_address=1,
+                                        max_connections_per_loopback=3, max_handshaking_per_loopback=3))
+        far, near = Source("192.0.2.7", False), Source("127.0.0.1", True)
+        caps.opened(far)
+        self.assertIn("1 handshakes in progress from 192.0.2.7 (limit 1", caps.refusal(far))
+        caps.authenticated(far)
+        self.assertIsNone(caps.refusal(far))
+        caps.opened(far)
+        caps.authenticated(far)
+        self.assertIn("2 connections open from 192.0.2.7 (limit 2", caps.refusal(far))
+        self.assertTrue(caps.first_refusal(far))
+        self.assertFalse(caps.first_refusal(far))  # logged once per flood
+        for _ in range(3):
+            self.assertIsNone(caps.refusal(near))  # loopback's own, higher caps
+            caps.opened(near)
+        self.assertIsNotNone(caps.refusal(near))
+        caps.closed(far, handshaking=False)
+        self.assertEqual(caps.open(far), (1, 0))
+        caps.closed(far, handshaking=False)
+        for _ in range(3):
+            caps.closed(near, handshaking=True)
+        self.assertEqual(len(caps), 0)  # nothing kept for a source with nothing open
+        caps.opened(far)
+        caps.opened(far)
+        self.assertTrue(caps.first_refusal(far))  # a new flood is logged again
 
 
 def run_handshake(initiator: Any, responder: Any) -> None:
@@ -319,9 +372,11 @@ def _frames(data: bytes) -> list[bytes]:
 class Wire:
     """A server connection and a hand-driven client, over a StringTransport."""
 
-    def __init__(self, factory: ClientServerFactory, client_key: bytes = b"") -> None:
-        self.server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    def __init__(self, factory: ClientServerFactory, client_key: bytes = b"", host: str = "127.0.0.1") -> None:
+        address = IPv4Address("TCP", host, 40000)
+        self.server = factory.buildProtocol(address)
+        assert self.server is not None, f"the factory refused a connection from {host}"
+        self.transport = StringTransport(peerAddress=address)
         self.server.makeConnection(self.transport)
         self.hs = ClientHandshake(client_key or generate_noise_private_key(), True, encode_client_hello(),
                                   lambda k, p: None)
@@ -442,3 +497,58 @@ class ServerTimerTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertTrue(wire.server.closing)
         self.assertEqual(wire.server.close_reason, "idle")
+
+
+class AddressCapServerTests(SynchronousTestCase):
+    """
+    The per-address caps in the server's accept path (StringTransport peers):
+    fresh keys from one address fill that address's share, not the port.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.limits = ClientLimits(max_connections=6, max_handshaking=4, max_connections_per_address=3,
+                                   max_handshaking_per_address=2, max_connections_per_loopback=5,
+                                   max_handshaking_per_loopback=3)
+        self.api = NodeAPI(SimpleNamespace(log=SimpleNamespace(local=b"\x07" * 32)), self.clock, limits=self.limits)
+        self.api.register_command("ping", lambda ctx, args: b"pong")
+        self.factory = ClientServerFactory(self.api, generate_noise_private_key(), self.clock, self.limits)
+
+    def refused(self, host: str) -> bool:
+        return self.factory.buildProtocol(IPv4Address("TCP", host, 40001)) is None
+
+    def test_fresh_keys_from_one_address_do_not_lock_out_another(self) -> None:
+        with capturedLogs() as events:
+            flood = [Wire(self.factory, host="198.51.100.9").handshake() for _ in range(3)]
+            for _ in range(20):
+                self.assertTrue(self.refused("198.51.100.9"))
+        self.assertEqual((self.factory.counters.refused, self.factory.counters.refused_by_address), (20, 20))
+        warnings = [e for e in events if e.get("source") == "198.51.100.9"]
+        self.assertEqual(len(warnings), 1)  # a flood is one log line
+        self.assertIn("3 connections open from 198.51.100.9", warnings[0]["reason"])
+        other = Wire(self.factory, host="203.0.113.5").handshake()
+        other.request(1, "ping")
+        self.assertEqual(other.answers(self.clock), {1: b"pong"})
+        flood[0].server.connectionLost(None)  # one closes: that address may open one more
+        Wire(self.factory, host="198.51.100.9")
+
+    def test_unfinished_handshakes_from_one_address_do_not_lock_out_another(self) -> None:
+        stalled = [Wire(self.factory, host="198.51.100.9") for _ in range(2)]
+        self.assertTrue(self.refused("198.51.100.9"))
+        self.assertEqual(len(self.factory.handshaking), 2)  # under the port's 4
+        other = Wire(self.factory, host="203.0.113.5").handshake()
+        other.request(1, "ping")
+        self.assertEqual(other.answers(self.clock), {1: b"pong"})
+        self.clock.advance(self.limits.handshake_timeout)  # the stalled ones time out and free their slots
+        for wire in stalled:
+            self.assertTrue(wire.transport.disconnecting)
+            wire.server.connectionLost(None)  # what the reactor does once the socket is closed
+        self.assertEqual(self.factory.address_caps.open(source_of(IPv4Address("TCP", "198.51.100.9", 1))), (0, 0))
+        self.assertFalse(self.refused("198.51.100.9"))
+
+    def test_loopback_has_higher_caps_and_each_address_its_own(self) -> None:
+        for _ in range(5):
+            Wire(self.factory, host="127.0.0.1").handshake()
+        self.assertTrue(self.refused("127.0.0.1"))
+        Wire(self.factory, host="127.0.0.2").handshake()
+        self.assertTrue(self.refused("203.0.113.5"))  # now the port's own cap of 6 applies to everyone

@@ -3,19 +3,24 @@ Clients and a node's client port over real loopback TCP with Noise: the
 library's round trips (submit, get, topic, status, pubkey), typed errors,
 the command table a later layer plugs into, and hostile clients (garbage
 after the handshake, the wrong node key, a 100 MB request, a burst of
-10,000 requests) that get typed errors or a closed connection while other
-clients are served and nothing stored is lost.
+10,000 requests, a flood of fresh keys or silent connections from one
+address) that get typed errors or a closed connection while other clients
+are served and nothing stored is lost.  The port's C{when_listening}
+answers after a failed listen too.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import CannotListenError
+from twisted.logger import capturedLogs
 from twisted.internet.interfaces import IPullProducer
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -23,8 +28,10 @@ from zope.interface import implementer
 from frostnode.client.errors import BadResponse, ClientError, ConnectionFailed, WrongNodeKey
 from frostnode.client.library import NodeTarget, connect
 from frostnode.client.limits import ClientLimits
-from frostnode.client.messages import Accepted, SubmitArgs, decode_response, encode_request
+from frostnode.client.messages import Accepted, SubmitArgs, decode_response, decode_status, encode_request
+from frostnode.crypto.bip340 import pubkey_xonly, taproot_output_key
 from frostnode.net.noise import generate_noise_private_key, noise_public_key
+from frostnode.store.keys import EpochRecord
 from frostnode.store.log import RecordBody
 
 from frostnode.client.api import NodeAPI
@@ -99,6 +106,27 @@ class RoundTripTests(TestCase):
         self.assertTrue(keys.address.startswith("bcrt1p"))
         status = yield self.client.status()
         self.assertEqual(status["epoch"], 4)
+
+    @inlineCallbacks
+    def test_pubkey_is_the_federations_current_key_even_without_our_share(self) -> None:
+        """
+        A member that the newest key generation left out answers with the
+        federation's key of that epoch (and says it holds no share), not with
+        the older key it can still sign with.
+        """
+        add_epoch(self.node.keystore, (self.node.host.public,), epoch=1)
+        keys = yield self.client.pubkey()
+        self.assertEqual((keys.epoch, keys.holds_share), (1, True))
+        internal = pubkey_xonly((42).to_bytes(32, "big"))
+        output, _ = taproot_output_key(internal)
+        others = (b"\x05" * 32, b"\x06" * 32)
+        self.node.keystore.put_foreign_sync(
+            EpochRecord.foreign(2, b"s2", 0, others, 2, internal, output, b"certificate", 3.0), 3.0)
+        keys = yield self.client.pubkey()
+        self.assertEqual((keys.epoch, keys.internal_key, keys.output_key, keys.holds_share),
+                         (2, internal, output, False))
+        status = yield self.client.status()
+        self.assertEqual(status["epoch"], 1)  # the newest epoch this node can sign in
 
     @inlineCallbacks
     def test_typed_errors(self) -> None:
@@ -326,6 +354,133 @@ class HostileClientTests(TestCase):
         client._answer(999_999, b"")
         yield self.assertFailure(d, BadResponse)
         self.assertFalse(client.connected)
+
+
+def _second_loopback_address() -> str:
+    """127.0.0.2 if this host lets a socket bind there (Linux routes all of 127/8 to loopback)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind(("127.0.0.2", 0))
+    except OSError:
+        return ""
+    finally:
+        probe.close()
+    return "127.0.0.2"
+
+
+class AddressCapTests(TestCase):
+    """
+    Fresh static keys cost nothing: one address opening connections with new
+    keys, or leaving handshakes unfinished, fills its own share of the port,
+    and a client from another address (127.0.0.2 here) still gets in.  The
+    caps below would let the flood fill the whole port without the
+    per-address ones.
+    """
+
+    LIMITS = ClientLimits(max_connections=6, max_handshaking=4, max_connections_per_loopback=3,
+                          max_handshaking_per_loopback=2)
+
+    @inlineCallbacks
+    def setUp(self) -> None:
+        self.other = _second_loopback_address()
+        if not self.other:
+            raise self.skipTest("cannot bind to 127.0.0.2 here (the policy is tested with StringTransport peers "
+                                "in tests.test_client_messages.AddressCapServerTests)")
+        self.node = TestNode(self, self.LIMITS)
+        yield self.node.service.when_listening()
+
+    @inlineCallbacks
+    def dial(self, source: str, client: Any) -> Any:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.port, bindAddress=(source, 0))
+        yield connectProtocol(endpoint, client)
+
+        def hang_up() -> Deferred:
+            if client.transport.connected:
+                client.transport.abortConnection()
+            return client.lost
+
+        self.addCleanup(hang_up)
+        return client
+
+    @inlineCallbacks
+    def handshake(self, source: str) -> Any:
+        """A fresh key's handshake from C{source}: the client, or None if the node closed the connection."""
+        client = yield self.dial(source, RawClient())
+        try:
+            yield client.ready
+        except Exception:
+            return None
+        return client
+
+    @inlineCallbacks
+    def assert_served_from_the_other_address(self) -> Any:
+        client = yield self.handshake(self.other)
+        self.assertIsNotNone(client, f"a client from {self.other} was refused")
+        client.request(1, "status")
+        (request_id, body), = yield client.when_answers(1)
+        self.assertEqual(status_of(body)["node"], self.node.host.public.hex())
+
+    @inlineCallbacks
+    def test_fresh_keys_from_one_address(self) -> None:
+        with capturedLogs() as events:
+            flood = []
+            for _ in range(self.LIMITS.max_connections):
+                flood.append((yield self.handshake("127.0.0.1")))
+        self.assertEqual([c is not None for c in flood], [True] * 3 + [False] * 3)
+        self.assertEqual(self.node.factory.counters.refused_by_address, 3)
+        self.assertEqual(len([e for e in events if e.get("source") == "127.0.0.1"]), 1)
+        yield self.assert_served_from_the_other_address()
+
+    @inlineCallbacks
+    def test_silent_connections_from_one_address(self) -> None:
+        from tests.test_net_support import RawClient as Silent
+
+        silent = []
+        for _ in range(self.LIMITS.max_handshaking):
+            silent.append((yield self.dial("127.0.0.1", Silent(b""))))
+        yield gatherResults([c.lost for c in silent[2:]])  # over the address's 2 handshakes: closed at accept
+        self.assertFalse(silent[0].lost.called or silent[1].lost.called)
+        yield self.assert_served_from_the_other_address()
+
+
+def status_of(body: bytes) -> dict:
+    return decode_status(decode_response(body))
+
+
+class ListenTests(TestCase):
+    """C{when_listening} answers whether the port was bound or not, whenever it is asked."""
+
+    def test_a_failed_listen_is_remembered(self) -> None:
+        busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        node = TestNode(self)
+        service = ClientPortService(node.api, node.noise_private,
+                                    TCP4ServerEndpoint(reactor, busy.getsockname()[1], interface="127.0.0.1"),
+                                    reactor)
+        early = service.when_listening()
+        with capturedLogs() as events:
+            service.startService()
+        self.addCleanup(service.stopService)
+        self.failureResultOf(early, CannotListenError)
+        self.failureResultOf(service.when_listening(), CannotListenError)  # asked after the failure: no hang
+        self.assertEqual([e["log_level"].name for e in events if "cannot listen" in e["log_format"]], ["error"])
+
+    def test_stopped_before_the_port_is_bound(self) -> None:
+        class Slow:
+            def listen(self, factory: Any) -> Deferred:
+                return Deferred()
+
+        node = TestNode(self)
+        service = ClientPortService(node.api, node.noise_private, Slow(), reactor)
+        service.startService()
+        waiting = service.when_listening()
+        self.assertNoResult(waiting)
+        with capturedLogs() as events:
+            service.stopService()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual([e for e in events if "cannot listen" in e.get("log_format", "")], [])
 
 
 class RealSyncTests(TestCase):

@@ -129,8 +129,9 @@ class NodeAPI:
     @param clock: for the status report's time.
     @param datalog: the data log to read; by default the sync service's
         C{datalog} (or C{log}, for a stand-in that names it so).
-    @param keystore: the key store (C{newest_usable()}); C{None} until a
-        node has one, and then C{pubkey} is C{unavailable}.
+    @param keystore: the key store (C{newest_certified()} for C{pubkey},
+        C{newest_usable()} for the status's epoch); C{None} until a node has
+        one, and then C{pubkey} is C{unavailable}.
     @param directory: the current members, for C{status}.
     @param threshold: the configured signing threshold, for C{status}.
     @param links: the peer links (C{connected()}), for C{status}.
@@ -316,12 +317,20 @@ class NodeAPI:
         return report
 
     def pubkey(self) -> PublicKeys:
-        epoch = self.keystore.newest_usable() if self.keystore is not None else None
+        """
+        The federation's current key: the newest certified one, ours or not
+        (L{frostnode.store.keys.KeyStore.newest_certified}).  Not the newest
+        key I{we} can sign with: a member that the last key generation
+        excluded would otherwise keep handing out an older epoch's key,
+        which the federation no longer uses.  C{holds_share} tells the
+        caller which case it is.
+        """
+        epoch = self.keystore.newest_certified() if self.keystore is not None else None
         if epoch is None:
-            raise unavailable("this node holds no usable key yet: the first key generation (DKG) has not completed")
+            raise unavailable("this node knows no federation key yet: the first key generation (DKG) has not completed")
         output = xonly(epoch.output_key)
         return PublicKeys(epoch.epoch, xonly(epoch.internal_key), output, p2tr_address(output, self.network),
-                          self.network)
+                          self.network, epoch.usable)
 
     # -- the built-in commands ------------------------------------------------------------------
 

@@ -290,12 +290,38 @@ def format_page(p: TopicPage) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flatten(prefix: str, value: Any, out: list[str]) -> None:
-    if isinstance(value, dict) and value:
-        for k in sorted(value):
-            _flatten(f"{prefix}.{k}" if prefix else str(k), value[k], out)
-    else:
-        out.append(f"  {prefix}: {json.dumps(value) if not isinstance(value, str) else value}")
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_sync(sync: dict) -> list[str]:
+    """
+    The sync section for people: what is waiting, and one row per peer
+    (short key, link up, its lag behind us, what it has that we lack,
+    whether its last summary's digest equals ours, and that summary's age).
+    Everything else the section holds is in C{--json}.
+    """
+    peers = sync.get("peers")
+    pending = sync.get("pending")
+    head = "sync      "
+    if isinstance(pending, dict):
+        head += (f" pending: {_cell(pending.get('submissions'))} submissions, {_cell(pending.get('batch'))} batched, "
+                 f"{_cell(pending.get('unsent_batches'))} unsent batches, "
+                 f"{_cell(pending.get('requests_in_flight'))} requests in flight")
+    lines = [head.rstrip()]
+    if not isinstance(peers, dict) or not peers:
+        return lines
+    ours = sync.get("digest")
+    lines.append(f"  {'peer':<16}  {'up':<3}  {'lag':>6}  {'missing':>7}  {'digest':<7}  summary")
+    for key in sorted(peers):
+        p = peers[key] if isinstance(peers[key], dict) else {}
+        digest = p.get("digest")
+        same = "-" if digest is None else "equal" if digest == ours else "differs"
+        age = p.get("summary_age")
+        summary = "none yet" if not isinstance(age, (int, float)) else f"{age:.1f}s ago"
+        lines.append(f"  {key[:16]:<16}  {'yes' if p.get('up') else 'no':<3}  {_cell(p.get('lag')):>6}  "
+                     f"{_cell(p.get('missing')):>7}  {same:<7}  {summary}")
+    return lines
 
 
 def format_status(s: dict) -> str:
@@ -322,9 +348,8 @@ def format_status(s: dict) -> str:
                 detail = (signing.get("members") or {}).get(key, {}).get("detail", "")
                 lines.append(f"  {state} {key[:16]}" + (f": {detail}" if detail else ""))
     sync = s.get("sync")
-    if sync:
-        lines.append("sync")
-        _flatten("", sync, lines)
+    if isinstance(sync, dict) and sync:
+        lines += format_sync(sync)
     return "\n".join(lines) + "\n"
 
 
@@ -334,6 +359,7 @@ def format_pubkey(p: PublicKeys) -> str:
         f"internal key  {p.internal_key.hex()}\n"
         f"output key    {p.output_key.hex()}\n"
         f"address       {p.address} ({p.network})\n"
+        f"this node     {'holds a share (can sign)' if p.holds_share else 'holds no share of this key (cannot sign)'}\n"
     )
 
 

@@ -58,7 +58,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,6 +72,7 @@ from frostnode.client.errors import (
 from frostnode.client.limits import ClientLimits, ClientRegistry
 from frostnode.client.messages import jsonable, nonnegative_int, optional_hex, unb64
 from frostnode.net.link import describe_address
+from frostnode.net.listening import OneShotObserver
 from frostnode.signing.commands import checkpoint_to_json
 from frostnode.wire import MAX_U32
 
@@ -364,12 +365,14 @@ class HttpApiService(Service):
         self.site = make_site(api, clock, limits)
         self.endpoint = endpoint
         self.port: Optional[IListeningPort] = None
-        self._failure: Optional[Failure] = None
-        self._waiters: list[Deferred] = []
+        self._listening: Optional[Deferred] = None
+        self._outcome = OneShotObserver()
 
     def startService(self) -> None:
         super().startService()
-        self.endpoint.listen(self.site).addCallbacks(self._listened, self._failed)
+        self._outcome.reset()
+        self._listening = self.endpoint.listen(self.site)
+        self._listening.addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
@@ -377,31 +380,23 @@ class HttpApiService(Service):
         self.log.info("HTTP API listening on {address}", address=describe_address(port.getHost()))
         if not any(host.startswith(p) for p in _LOOPBACK):
             self.log.warn("HTTP API is bound to {host}, not loopback: it has no authentication of its own", host=host)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
+        self._outcome.fire(port)
 
     def _failed(self, failure: Failure) -> None:
-        self._failure = failure
-        self.log.error("HTTP API cannot listen: {error}", error=failure.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
+        if not failure.check(CancelledError):  # cancelled: stopped before the port was bound
+            self.log.error("HTTP API cannot listen: {error}", error=failure.getErrorMessage())
+        self._outcome.fail(failure)
 
     def when_listening(self) -> Deferred:
-        """Fires with the listening port, or fails if it could not listen."""
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred = Deferred()
-        if self._failure is not None:
-            d.errback(self._failure)
-        else:
-            self._waiters.append(d)
-        return d
+        """Fires with the listening port, or fails with why it could not listen, also when asked after the fact."""
+        return self._outcome.observe()
 
     def stopService(self) -> Any:
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
+            self._outcome.reset()
             return port.stopListening()
+        if self._listening is not None and not self._listening.called:
+            self._listening.cancel()
         return None

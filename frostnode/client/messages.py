@@ -490,8 +490,15 @@ def decode_status(data: bytes) -> dict:
 
 class PublicKeys(NamedTuple):
     """
-    The federation's key of the newest usable epoch: the Taproot internal
-    key (x-only), the tweaked output key (x-only) and its P2TR address.
+    The federation's current key: the current record of the newest epoch
+    that has a certified key, whether or not this node is in it.  The
+    Taproot internal key (x-only), the tweaked output key (x-only) and its
+    P2TR address, and whether the node answering holds a share of it.
+
+    @ivar holds_share: this node holds a share of the key and may sign with
+        it.  False on a member that the newest key generation excluded: it
+        still knows the federation's key (from the certificate), but cannot
+        take part in signing under it.
     """
 
     epoch: int
@@ -499,11 +506,12 @@ class PublicKeys(NamedTuple):
     output_key: bytes
     address: str
     network: str
+    holds_share: bool
 
     def encode(self) -> bytes:
         return (Writer().u64(self.epoch).fixed(self.internal_key, 32).fixed(self.output_key, 32)
                 .var_bytes(self.address.encode("ascii"), MAX_ADDRESS)
-                .var_bytes(self.network.encode("ascii"), MAX_NETWORK).to_bytes())
+                .var_bytes(self.network.encode("ascii"), MAX_NETWORK).flag(self.holds_share).to_bytes())
 
     @classmethod
     def decode(cls, data: bytes) -> "PublicKeys":
@@ -514,16 +522,17 @@ class PublicKeys(NamedTuple):
         output = r.fixed(32)
         address = r.var_bytes(MAX_ADDRESS).decode("ascii", "replace")
         network = r.var_bytes(MAX_NETWORK).decode("ascii", "replace")
+        holds_share = r.flag()
         r.finish()
         if network not in NETWORK_HRP:
             raise DecodeError(f"pubkey answer: unknown network {network!r}")
         if p2tr_address(output, network) != address:
             raise DecodeError(f"pubkey answer: address {address!r} is not the output key's on {network}")
-        return cls(epoch, internal, output, address, network)
+        return cls(epoch, internal, output, address, network, holds_share)
 
     def to_json(self) -> dict:
         return {"epoch": self.epoch, "internal_key": self.internal_key.hex(), "output_key": self.output_key.hex(),
-                "address": self.address, "network": self.network}
+                "address": self.address, "network": self.network, "holds_share": self.holds_share}
 
 
 def nonnegative_int(value: Any, what: str, maximum: int = MAX_U64) -> int:

@@ -13,8 +13,9 @@ Lifecycle of one connection::
 
     connected --(XX handshake, handshake_timeout)--> serving --(idle_timeout)--> closed
         |                                              |
-        +-- over max_connections / max_handshaking     +-- undecryptable frame, oversized request,
-            (refused at accept)                            handshake garbage: closed, one log line
+        +-- over max_connections / max_handshaking,    +-- undecryptable frame, oversized request,
+            in total or from its source address            handshake garbage: closed, one log line
+            (refused at accept)
 
 What a hostile client can and cannot do:
 
@@ -25,6 +26,12 @@ What a hostile client can and cannot do:
   - B{Size.}  A request whose declared length is over C{max_request_size}
     is answered C{too-large} as soon as its 8-byte head is in, and the
     connection is closed without reading the body.
+  - B{Many keys.}  A static key costs nothing, so the connection and
+    handshake caps are also counted per source address
+    (L{frostnode.client.limits.AddressCaps}): one host opening connections
+    with fresh keys fills its own share, not the port, and clients from
+    other addresses still get in.  A refused source is logged once per
+    flood, not once per connection.
   - B{Rate and concurrency.}  Every request is charged to the client's
     token bucket and in-flight count (L{frostnode.client.limits}); requests
     over either are answered C{rate-limited} at once, without touching the
@@ -46,7 +53,7 @@ import struct
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -56,11 +63,12 @@ from twisted.python.failure import Failure
 from frostnode.client.api import ClientContext, NodeAPI
 from frostnode.client.errors import INTERNAL, ClientError, invalid_request, too_large
 from frostnode.client.handshake import ClientHandshake, NodeHello, decode_client_hello
-from frostnode.client.limits import ClientLimits, ClientRegistry, ClientState
+from frostnode.client.limits import AddressCaps, ClientLimits, ClientRegistry, ClientState, Source, source_of
 from frostnode.client.messages import FrameReader, Oversized, decode_request, encode_error, encode_frame, encode_ok
 from frostnode.net.errors import LinkViolation
 from frostnode.net.framing import split_plaintext
 from frostnode.net.link import describe_address
+from frostnode.net.listening import OneShotObserver
 from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseTransport
 from frostnode.wire import DecodeError
 
@@ -72,8 +80,8 @@ _FLUSH_THRESHOLD = 16 * MAX_PLAINTEXT
 class ClientCounters:
     """Totals since start, for status and tests."""
 
-    __slots__ = ("connections", "refused", "handshakes_failed", "violations", "requests", "rate_limited",
-                 "too_large", "bytes_in")
+    __slots__ = ("connections", "refused", "refused_by_address", "handshakes_failed", "violations", "requests",
+                 "rate_limited", "too_large", "bytes_in")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -87,6 +95,7 @@ class ClientServerProtocol(Int16StringReceiver):
     """
     One client connection on the node's side.
 
+    @ivar source: where it comes from, as the per-address caps count it.
     @ivar client_key: the client's authenticated Noise static key, once known.
     @ivar in_flight: this connection's requests not answered yet.
     @ivar bytes_in: bytes received on this connection (frames and prefixes).
@@ -95,8 +104,9 @@ class ClientServerProtocol(Int16StringReceiver):
     log = Logger()
     MAX_LENGTH = MAX_HANDSHAKE_MESSAGE
 
-    def __init__(self, factory: "ClientServerFactory") -> None:
+    def __init__(self, factory: "ClientServerFactory", source: Source = Source("local", True)) -> None:
         self.factory = factory
+        self.source = source
         self.clock = factory.clock
         self.limits = factory.limits
         self.client_key: Optional[bytes] = None
@@ -117,8 +127,7 @@ class ClientServerProtocol(Int16StringReceiver):
         self._idle_call: Optional[IDelayedCall] = None
         self._last_rx = 0.0
         self._warned_rate = False
-        self._lost = False
-        self._closed_waiters: list[Deferred] = []
+        self._closed = OneShotObserver()
 
     def __repr__(self) -> str:
         who = self.client_key.hex()[:16] if self.client_key else "unauthenticated"
@@ -141,18 +150,11 @@ class ClientServerProtocol(Int16StringReceiver):
         self.factory._closed(self)
         if self._state is not None:
             self.factory.registry.detach(self._state, self.clock.seconds())
-        self._lost = True
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._closed.fire(None)
 
     def when_closed(self) -> Deferred:
         """Fires once the connection is gone."""
-        if self._lost:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._closed_waiters.append(d)
-        return d
+        return self._closed.observe()
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.fail(f"frame of {length} bytes over the {self.MAX_LENGTH}-byte limit")
@@ -368,6 +370,7 @@ class ClientServerFactory(Factory):
         self.clock = clock
         self.limits = limits or api.limits
         self.registry = ClientRegistry(self.limits)
+        self.address_caps = AddressCaps(self.limits)
         self.hello = NodeHello(api.host_key, self.limits.max_request_size, self.limits.max_in_flight).encode()
         self.counters = ClientCounters()
         self.connections: set[ClientServerProtocol] = set()
@@ -375,6 +378,17 @@ class ClientServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Optional[ClientServerProtocol]:
         # Returning None makes Twisted close the accepted socket at once.
+        # The source's caps first: a flood from one source is refused (and
+        # logged, once) as that source's, before it can reach the port's.
+        source = source_of(addr)
+        refusal = self.address_caps.refusal(source)
+        if refusal is not None:
+            self.counters.refused += 1
+            self.counters.refused_by_address += 1
+            if self.address_caps.first_refusal(source):
+                self.log.warn("refusing client connections from {source}: {reason} (logged once until it has "
+                              "none open)", source=source.name, reason=refusal, address=describe_address(addr))
+            return None
         if len(self.connections) >= self.limits.max_connections:
             self.counters.refused += 1
             self.log.warn("refusing client connection from {address}: {count} connections open (limit)",
@@ -385,19 +399,26 @@ class ClientServerFactory(Factory):
             self.log.warn("refusing client connection from {address}: {count} handshakes in progress (limit)",
                           address=describe_address(addr), count=len(self.handshaking))
             return None
-        return ClientServerProtocol(self)
+        return ClientServerProtocol(self, source)
 
     def _opened(self, protocol: ClientServerProtocol) -> None:
         self.counters.connections += 1
         self.connections.add(protocol)
         self.handshaking.add(protocol)
+        self.address_caps.opened(protocol.source)
 
     def _authenticated(self, protocol: ClientServerProtocol) -> None:
-        self.handshaking.discard(protocol)
+        if protocol in self.handshaking:
+            self.handshaking.discard(protocol)
+            self.address_caps.authenticated(protocol.source)
 
     def _closed(self, protocol: ClientServerProtocol) -> None:
+        if protocol not in self.connections:
+            return
+        handshaking = protocol in self.handshaking
         self.connections.discard(protocol)
         self.handshaking.discard(protocol)
+        self.address_caps.closed(protocol.source, handshaking)
 
 
 class ClientPortService(Service):
@@ -417,34 +438,32 @@ class ClientPortService(Service):
         self.endpoint = endpoint
         self.port: Optional[IListeningPort] = None
         self._listening: Optional[Deferred] = None
-        self._waiters: list[Deferred] = []
+        self._outcome = OneShotObserver()
 
     def startService(self) -> None:
         super().startService()
+        self._outcome.reset()
         self._listening = self.endpoint.listen(self.factory)
         self._listening.addCallbacks(self._listened, self._listen_failed)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         self.log.info("client port listening on {address}", address=describe_address(port.getHost()))
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
+        self._outcome.fire(port)
         return port
 
     def _listen_failed(self, failure: Failure) -> None:
-        self.log.error("client port cannot listen: {error}", error=failure.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
+        if not failure.check(CancelledError):  # cancelled: stopped before the port was bound
+            self.log.error("client port cannot listen: {error}", error=failure.getErrorMessage())
+        self._outcome.fail(failure)
 
     def when_listening(self) -> Deferred:
-        """Fires with the listening port (its C{getHost().port} is the bound port)."""
-        if self.port is not None:
-            return succeed(self.port)
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
+        """
+        Fires with the listening port (its C{getHost().port} is the bound
+        port), or fails with why it could not listen, also when asked after
+        the fact.
+        """
+        return self._outcome.observe()
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -452,6 +471,7 @@ class ClientPortService(Service):
         if self.port is not None:
             waits.append(self.port.stopListening())
             self.port = None
+            self._outcome.reset()
         elif self._listening is not None and not self._listening.called:
             self._listening.cancel()
         for conn in list(self.factory.connections):

@@ -44,6 +44,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from frostnode.net.listening import OneShotObserver
+
 #: The C{Content-Type} of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -509,18 +511,15 @@ class MetricsService(Service):
         self.description = description or str(endpoint)
         self._listening: Optional[Deferred] = None
         self._port: Optional[IListeningPort] = None
-        self._waiters: list[Deferred] = []
+        self._outcome = OneShotObserver()
 
     def when_listening(self) -> Deferred:
-        """Fires with the listening port once it is bound (fails if it cannot be)."""
-        if self._port is not None:
-            return succeed(self._port)
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
+        """Fires with the listening port once it is bound, or fails with why it cannot be, also when asked after."""
+        return self._outcome.observe()
 
     def startService(self) -> None:
         super().startService()
+        self._outcome.reset()
         self._listening = self.endpoint.listen(metrics_site(self.registry))
         self._listening.addCallbacks(self._listened, self._failed)
 
@@ -531,9 +530,7 @@ class MetricsService(Service):
             return
         self._port = port
         self.log.info("metrics served on {address}", address=_describe(port))
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
+        self._outcome.fire(port)
 
     def _failed(self, failure: Failure) -> None:
         self._listening = None
@@ -541,15 +538,14 @@ class MetricsService(Service):
             return
         self.log.error("cannot serve metrics on {listen}: {error}", listen=self.description,
                        error=failure.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
+        self._outcome.fail(failure)
 
     def stopService(self) -> Deferred:
         super().stopService()
         if self._listening is not None:
             self._listening.cancel()
         port, self._port = self._port, None
+        self._outcome.reset()
         if port is None:
             return succeed(None)
         return maybeDeferred(port.stopListening)

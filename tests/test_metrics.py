@@ -302,6 +302,8 @@ class EndpointTests(TestCase):
         second.startService()
         self.addCleanup(second.stopService)
         yield self.assertFailure(waiting, Exception)
+        # Asked after the failure, it answers at once (it used to wait forever).
+        yield self.assertFailure(second.when_listening(), Exception)
         self.assertTrue(second.running)
         self.assertEqual([e["listen"] for e in events if e.get("log_level") == LogLevel.error],
                          [f"tcp:{port.getHost().port}:interface=127.0.0.1"])

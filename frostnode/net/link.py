@@ -40,7 +40,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
@@ -51,6 +51,7 @@ from frostnode.net.framing import (
     ACK, DATA, PING, RESUME, RecordReader, decode_ack, decode_data, decode_resume,
     encode_ack, encode_ping, split_plaintext,
 )
+from frostnode.net.listening import OneShotObserver
 from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, NoiseTransport
 from frostnode.wire import DecodeError, Reader, Writer
 
@@ -127,8 +128,7 @@ class LinkProtocol(Int16StringReceiver):
         self._tick_call: Optional[IDelayedCall] = None
         self._last_rx = 0.0
         self._last_tx = 0.0
-        self._lost = False
-        self._closed_waiters: list[Deferred] = []
+        self._closed = OneShotObserver()
 
     def __repr__(self) -> str:
         who = self.peer.name if self.peer is not None else "unauthenticated"
@@ -155,20 +155,13 @@ class LinkProtocol(Int16StringReceiver):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
-        self._lost = True
         self._cancel_timers()
         self.network._link_lost(self)
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
-            d.callback(self)
+        self._closed.fire(self)
 
     def when_closed(self) -> Deferred:
         """A Deferred that fires with this link once its connection is gone."""
-        if self._lost:
-            return succeed(self)
-        d: Deferred = Deferred()
-        self._closed_waiters.append(d)
-        return d
+        return self._closed.observe()
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.fail(FramingError(f"frame of {length} bytes over the {self.MAX_LENGTH}-byte limit"))

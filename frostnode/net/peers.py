@@ -69,6 +69,7 @@ from frostnode.net.errors import PeerRefused, UnsupportedAddress
 from frostnode.net.framing import encode_ack, encode_data, encode_resume
 from frostnode.net.interfaces import Handler, ILinks
 from frostnode.net.link import LinkProtocol
+from frostnode.net.listening import OneShotObserver
 from frostnode.net.noise import noise_public_key
 from frostnode.net.reliable import ReceiveWindow, SendQueue
 
@@ -466,7 +467,7 @@ class PeerNetwork(Service):
         }
         self._port: Optional[IListeningPort] = None
         self._listening: Optional[Deferred] = None
-        self._port_waiters: list[Deferred] = []
+        self._port_outcome = OneShotObserver()
 
     # -- ILinks ------------------------------------------------------------------
 
@@ -544,17 +545,14 @@ class PeerNetwork(Service):
         return self._peers[peer].dialer.dial()
 
     def when_listening(self) -> Deferred:
-        """Fires with the listening port once it is bound."""
-        if self._port is not None:
-            return succeed(self._port)
-        d: Deferred = Deferred()
-        self._port_waiters.append(d)
-        return d
+        """Fires with the listening port once it is bound, or fails with why it cannot be, also when asked after."""
+        return self._port_outcome.observe()
 
     # -- service -------------------------------------------------------------------
 
     def startService(self) -> None:
         Service.startService(self)
+        self._port_outcome.reset()
         if self.listen_endpoint is not None:
             self._listening = self.listen_endpoint.listen(LinkServerFactory(self))
             self._listening.addCallbacks(self._listened, self._listen_failed)
@@ -567,14 +565,14 @@ class PeerNetwork(Service):
             port.stopListening()
             return
         self._port = port
-        _fire_all(self._port_waiters, port)
+        self._port_outcome.fire(port)
 
     def _listen_failed(self, failure: Failure) -> None:
         self._listening = None
         if failure.check(CancelledError):
             return
         self.log.failure("{node} cannot listen for peers", failure, node=self.name)
-        _fire_all(self._port_waiters, failure)
+        self._port_outcome.fail(failure)
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
@@ -586,6 +584,7 @@ class PeerNetwork(Service):
         if self._port is not None:
             waits.append(maybeDeferred(self._port.stopListening))
             self._port = None
+            self._port_outcome.reset()
         for link in list(self._open):
             waits.append(link.when_closed())
             link.close("service stopping", abort=True)

@@ -70,6 +70,7 @@ from frostnode.validation.registry import load_schemes
 from frostnode.wire import DecodeError
 from tests.test_client_http import check_schema, load_openapi, resolve
 from tests.test_client_support import FakeSync, listening_socket
+from tests.test_signing_service import settle
 from tests.test_sync_support import FAST, Member, make_member, until
 
 EPOCH = 1
@@ -199,21 +200,9 @@ class Federation:
         self.clients.append(client)
         return client
 
-    def _activity(self) -> tuple:
-        busy = any(n.signing.busy for n in self.nodes if n.signing.running)
-        return busy, sum(self.net.payloads_sent.values()), self.net.payloads_delivered
-
     async def settle(self) -> None:
         """Let messages and store writes in flight finish (the signing clock does not move)."""
-        calm, last = 0, None
-        for _ in range(5000):
-            now = self._activity()
-            calm = calm + 1 if (now == last and not now[0]) else 0
-            if calm >= 3:
-                return
-            last = now
-            await deferLater(reactor, 0.001, lambda: None)
-        raise AssertionError("the federation did not settle")
+        await settle([n.signing for n in self.nodes], self.net)
 
     async def advance(self, seconds: float, d: Deferred, steps: int = 20) -> None:
         """Move the signing clock in C{steps} until C{d} has fired (a request waiting on timers)."""
@@ -653,6 +642,11 @@ class CodecTests(SynchronousTestCase):
         self.assertEqual((again.code, again.message, again.members), (error.code, error.message, error.members))
         timeout = signing_error(SigningFailed("timeout", "no answer from 0d0d", unresponsive=[d]))
         self.assertEqual((timeout.code, timeout.members), ("timeout", {d: "no answer"}))
+        short = signing_error(SigningFailed("not-enough-signers", "", unavailable={
+            b: Refusal("key-mismatch", b"", "epoch 3 is key 0102 here, not 0a0b"),
+            d: Refusal("unavailable", b"", "nonce already used")}))
+        self.assertEqual(short.members, {b: "key-mismatch: epoch 3 is key 0102 here, not 0a0b",
+                                         d: "unavailable: nonce already used"})
 
     def test_checkpoint_codec(self) -> None:
         from frostnode.crypto.bip340 import pubkey_xonly, schnorr_sign

@@ -19,7 +19,7 @@ ENTRY = m.SignerEntry(3, b"n" * 48, b"\x02" * 66)
 
 
 def sign_request(**kw) -> m.SignRequest:
-    fields = dict(request_id=RID, session=2, epoch=9, suite="bip445", scheme="record", request=b"req",
+    fields = dict(request_id=RID, session=2, epoch=9, key=b"k" * 32, suite="bip445", scheme="record", request=b"req",
                   digest=b"d" * 32, aggnonce=b"a" * 66, signers=(m.SignerEntry(1, b"x" * 48, b"\x03" * 66), ENTRY))
     fields.update(kw)
     return m.SignRequest(**fields)
@@ -34,6 +34,7 @@ EXAMPLES = [
     m.SignShare(RID, 7, b"s" * 32),
     m.Verdict(RID, 0, m.AGREE, b"d" * 32, "", b"g" * 64),
     m.Verdict(RID, 1, m.VALIDATION_FAILED, b"", "overdraft: alice — 5 short", b"g" * 64),
+    m.Verdict(RID, 1, m.KEY_MISMATCH, b"", "epoch 9 is key 0102 here", b"g" * 64),
 ]
 
 
@@ -53,7 +54,7 @@ class MessageTests(SynchronousTestCase):
         data = bytearray(sign_request().encode())
         self.assertRaises(DecodeError, m.decode, b"\x02" + bytes(data[1:]))
         self.assertRaises(DecodeError, m.decode, b"\x01\x09" + bytes(data[2:]))
-        data[2 + 16 + 4 + 8] = 7  # suite code
+        data[2 + 16 + 4 + 8 + 32] = 7  # suite code
         self.assertRaises(DecodeError, m.decode, bytes(data))
         v = bytearray(EXAMPLES[-1].encode())
         v[2 + 16 + 4] = 9
@@ -75,6 +76,13 @@ class MessageTests(SynchronousTestCase):
         lying = b"\x01" + bytes([m.T_NONCE_BATCH]) + struct.pack(">Q", 1) + struct.pack(">I", 1000)
         self.assertIn("truncated", str(self.assertRaises(DecodeError, m.decode, lying)))
 
+    def test_a_key_is_32_bytes(self) -> None:
+        self.assertRaises(ValueError, sign_request(key=b"k" * 33).encode)
+        data = sign_request().encode()
+        head = 2 + 16 + 4 + 8
+        self.assertEqual(data[head:head + 32], b"k" * 32)
+        self.assertRaises(DecodeError, m.decode, data[:head] + data[head + 1:])
+
     def test_verdict_digest_is_empty_or_32_bytes(self) -> None:
         bad = m.Verdict(RID, 0, m.AGREE, b"d" * 32, "", b"g" * 64).encode()
         bad = bad[:23] + struct.pack(">I", 5) + b"d" * 5 + bad[23 + 4 + 32:]
@@ -92,7 +100,7 @@ class MessageTests(SynchronousTestCase):
         req = sign_request()
         self.assertEqual(req.request_commitment(), req._replace(session=9, signers=()).request_commitment())
         for change in (dict(request=b"other"), dict(digest=b"e" * 32), dict(scheme="ledger"), dict(epoch=10),
-                       dict(suite="rfc9591")):
+                       dict(suite="rfc9591"), dict(key=b"K" * 32)):
             self.assertNotEqual(req.request_commitment(), req._replace(**change).request_commitment())
 
     @settings(max_examples=40, deadline=None)

@@ -97,7 +97,8 @@ class Harness:
     One request: a RoastCoordinator and n members answering its sessions.
 
     C{behaviour[i]} is "honest", "silent" (never answers), "garbage" (a
-    share that is not valid), or "wrong-message" (signs another message).
+    share that is not valid), "wrong-message" (signs another message), or
+    "other-key" (holds another key for the epoch).
     C{views[i]} is member i's view for the L{EchoScheme}.
     """
 
@@ -149,8 +150,8 @@ class Harness:
         for a in actions:
             if isinstance(a, roast.StartSession):
                 self.started.append(a)
-                req = SignRequest(b"r" * 16, a.number, EPOCH, self.suite.name, "echo", self.request,
-                                  message_digest(self.message), a.aggnonce, a.signers)
+                req = SignRequest(b"r" * 16, a.number, EPOCH, self.key.output_key, self.suite.name, "echo",
+                                  self.request, message_digest(self.message), a.aggnonce, a.signers)
                 for e in a.signers:
                     self._answer(e.index, req)
                 if a.audit:
@@ -164,7 +165,10 @@ class Harness:
         b = self.behaviour[index]
         if b == "silent":
             return
-        out = self.signers[index].handle(self.coordinator, req, self.shares[index], self.views[index])
+        share = self.shares[index]
+        if b == "other-key":
+            share = epoch_key(self.key.threshold, self.key.n)[1][index]
+        out = self.signers[index].handle(self.coordinator, req, share, self.views[index])
         if isinstance(out, Ready):
             self.used_nonces.append(out.entry.nonce_id)
             nonce = self.nonces.secrets[out.entry.nonce_id]
@@ -305,6 +309,20 @@ class RoastTests(SynchronousTestCase):
         # Member 1 refused before reserving: its nonce went back to the pool, unused.
         self.assertNotIn(h.started[0].signers[1].nonce_id, h.used_nonces)
         self.assertIn(h.started[0].signers[1].nonce_id, [nid for nid, _ in h.nonces.stock[1]])
+
+    def test_another_key_is_unavailable_and_returns_the_nonce(self) -> None:
+        """Members holding another key for the epoch refuse before reserving: unavailable, not malicious."""
+        h = Harness(3, 5)
+        h.behaviour[1] = h.behaviour[2] = "other-key"
+        result = self.assertSigned(h, h.run())
+        self.assertEqual(result.signers, (0, 3, 4))
+        self.assertEqual(result.report.malicious, {})
+        self.assertEqual({i: r.kind for i, r in result.report.unavailable.items()},
+                         {1: "key-mismatch", 2: "key-mismatch"})
+        for i in (1, 2):
+            nid = h.started[0].signers[i].nonce_id
+            self.assertNotIn(nid, h.used_nonces)
+            self.assertIn(nid, [n for n, _ in h.nonces.stock[i]])
 
     def test_too_many_divergent_fails_naming_them(self) -> None:
         h = Harness(3, 5)

@@ -38,6 +38,15 @@ class CountingScheme(EchoScheme):
         return super().message(request, view)
 
 
+class DigestView(dict):
+    """An L{EchoScheme} view that can say which state it is in, as a log's digest does."""
+
+    state = 0
+
+    def digest(self) -> int:
+        return self.state
+
+
 class SignerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.key, self.shares, self.hosts = epoch_key(3, 5)
@@ -56,7 +65,8 @@ class SignerTests(SynchronousTestCase):
     def request(self, indices=(0, 1, 2), suite: str = "bip445", session: int = 1, **kw) -> m.SignRequest:
         entries = tuple(m.SignerEntry(i, *self.nonce(i)) for i in indices)
         s = get_suite(suite).coordinator_session(self.key, [(e.index, e.commitment) for e in entries], self.message)
-        fields = dict(request_id=b"q" * 16, session=session, epoch=EPOCH, suite=suite, scheme="echo",
+        fields = dict(request_id=b"q" * 16, session=session, epoch=EPOCH, key=self.key.output_key, suite=suite,
+                      scheme="echo",
                       request=REQUEST, digest=m.message_digest(self.message), aggnonce=s.aggnonce, signers=entries)
         fields.update(kw)
         self.session = s
@@ -140,15 +150,44 @@ class SignerTests(SynchronousTestCase):
         self.assertTrue(all(not s.spent for s in self.secrets.values()))
 
     def test_scheme_runs_once_per_request(self) -> None:
+        """A view that cannot say its state: results are kept per request only."""
         for session in (1, 2, 3):
             self.assertIsInstance(self.handle(1, self.request(session=session)), Ready)
-        self.assertEqual(self.scheme.calls, 1)
-        self.signers[1].remember(self.coordinator, b"q" * 16, self.request(request=b"other").request_commitment(), b"m")
-        self.handle(1, self.request(request=b"other"))
         self.assertEqual(self.scheme.calls, 1)
         # A new request (a client's retry) is evaluated afresh: the view may have changed.
         self.handle(1, self.request(request_id=b"Q" * 16))
         self.assertEqual(self.scheme.calls, 2)
+
+    def test_scheme_runs_once_per_view_state(self) -> None:
+        """
+        A view with a digest: the same request from any coordinator, with
+        any request id, is evaluated once per state of the view.
+        """
+        view = DigestView()
+        for rid, coordinator in ((b"a" * 16, self.coordinator), (b"b" * 16, self.coordinator),
+                                 (b"c" * 16, self.hosts[3].public)):
+            out = self.signers[1].handle(coordinator, self.request(request_id=rid), self.shares[1], view)
+            self.assertIsInstance(out, (Ready, Answer))
+        self.assertEqual(self.scheme.calls, 1)
+        self.handle(1, self.request(request=b"another request"), view)
+        self.assertEqual(self.scheme.calls, 2)
+        self.handle(1, self.request(key=b"\x01" * 32), view)  # refused before the scheme runs
+        self.assertEqual(self.scheme.calls, 2)
+        view.state = 1  # the log changed
+        self.handle(1, self.request(request_id=b"d" * 16), view)
+        self.assertEqual(self.scheme.calls, 3)
+        self.signers[1].evaluate("echo", REQUEST, self.key.output_key, view, self.hosts[4].public, b"e" * 16)
+        self.assertEqual(self.scheme.calls, 3)
+
+    def test_another_key_for_the_epoch_is_refused_first(self) -> None:
+        """A request naming another output key: key-mismatch, before the scheme or a nonce is touched."""
+        req = self.request(key=b"\x01" * 32)
+        out = self.handle(1, req)
+        self.assertEqual((out.verdict.kind_name, out.verdict.digest), ("key-mismatch", b""))
+        self.assertIn(f"epoch {EPOCH} is key {self.key.output_key.hex()[:16]} here", out.verdict.reason)
+        self.assertTrue(verify_verdict(self.hosts[1].public, self.coordinator, req.request_commitment(), out.verdict))
+        self.assertEqual(self.scheme.calls, 0)
+        self.assertTrue(all(not sec.spent for sec in self.secrets.values()))
 
     def test_ready_refuses_a_nonce_that_does_not_match(self) -> None:
         req = self.request()
@@ -202,8 +241,8 @@ class StoredNonceTests(SynchronousTestCase):
         entries = tuple(m.SignerEntry(i, *pubs[i][0]) for i in (0, 1, 2))
         suite = get_suite("bip445")
         coord = suite.coordinator_session(self.key, [(e.index, e.commitment) for e in entries], message)
-        req = m.SignRequest(b"q" * 16, 1, EPOCH, "bip445", "echo", REQUEST, m.message_digest(message),
-                            coord.aggnonce, entries)
+        req = m.SignRequest(b"q" * 16, 1, EPOCH, self.key.output_key, "bip445", "echo", REQUEST,
+                            m.message_digest(message), coord.aggnonce, entries)
         signer = Signer(self.hosts[1], {"echo": EchoScheme()})
         ready = signer.handle(self.coordinator, req, self.shares[1], {})
         nid = ready.entry.nonce_id
@@ -231,6 +270,6 @@ class StoredNonceTests(SynchronousTestCase):
         issuer = NonceIssuer()
         issuer.load(EPOCH, self.store.unspent(EPOCH))
         self.assertEqual(issuer.outstanding(self.coordinator, EPOCH), 2)
-        plan = issuer.plan(self.coordinator, EPOCH, want=5, reset=True)
+        plan = issuer.plan(self.coordinator, EPOCH, want=5, reset=True, now=0.0)
         self.assertEqual(sorted(plan.resend), sorted(pubs[1:]))
         self.assertEqual(plan.generate, 3)

@@ -379,8 +379,8 @@ def signing_error(error: SigningFailed) -> ClientError:
         members.setdefault(key, f"{ref.kind}: {ref.reason}" if ref.reason else ref.kind)
     for key, why in error.malicious.items():
         members.setdefault(key, f"misbehaved: {why}")
-    for key, ref in error.unavailable.items():
-        members.setdefault(key, f"unavailable: {ref.reason}" if ref.reason else "unavailable")
+    for key, ref in error.unavailable.items():  # "unavailable" or "key-mismatch"
+        members.setdefault(key, f"{ref.kind}: {ref.reason}" if ref.reason else ref.kind)
     for key in error.unresponsive:
         members.setdefault(key, "no answer")
     message = error.detail or error.code

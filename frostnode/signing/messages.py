@@ -14,7 +14,11 @@ encoding.  Types:
  - L{SignRequest} (coordinator -> every selected signer, and in audit mode
    to every member): one ROAST session.  The same bytes go to every
    recipient; a recipient finds its own entry by index, and a member that is
-   not in C{signers} only validates (replies with a L{Verdict}).
+   not in C{signers} only validates (replies with a L{Verdict}).  It names
+   the epoch I{and} that epoch's output key: an epoch can hold two certified
+   DKG sessions while members converge on the newest, and a member whose
+   key for the epoch differs must say so (C{key-mismatch}) rather than sign
+   with its own key a share the coordinator would check against another.
  - L{SignShare} (signer -> coordinator): a 32-byte signature share.
  - L{Verdict} (member -> coordinator): agreement (audit) or a refusal with a
    reason, signed with the member's host key (L{verdict_message}) so the
@@ -56,13 +60,18 @@ MAX_SIGNERS = 1024
 MAX_NONCE_BATCH = 1024
 MAX_REASON = 512
 
-#: Verdict kinds.
+KEY_SIZE = 32
+
+#: Verdict kinds.  C{key-mismatch}: the member's current key for the epoch is
+#: not the one the request names (it is not serving that key; nothing was
+#: reserved): unavailable, not a disagreement about data.
 AGREE = 0
 VIEWS_DIFFER = 1
 VALIDATION_FAILED = 2
 UNAVAILABLE = 3
+KEY_MISMATCH = 4
 VERDICT_NAMES = {AGREE: "agree", VIEWS_DIFFER: "views-differ", VALIDATION_FAILED: "validation-failed",
-                 UNAVAILABLE: "unavailable"}
+                 UNAVAILABLE: "unavailable", KEY_MISMATCH: "key-mismatch"}
 
 TAG_VERDICT = "frostnode/sign-verdict"
 TAG_REQUEST = "frostnode/sign-request"
@@ -124,8 +133,11 @@ class SignRequest(NamedTuple):
     One ROAST session of one signing request.
 
     @ivar request_id: the coordinator's id for the whole request (all its
-        sessions); signers cache their validation result under it.
+        sessions).
     @ivar session: the session number within the request.
+    @ivar key: the epoch's 32-byte Taproot output key the coordinator signs
+        under (for RFC 9591 too: it commits to the internal key); a signer
+        holding another key for C{epoch} refuses with C{key-mismatch}.
     @ivar digest: SHA-256 of the message the coordinator computed.
     @ivar aggnonce: BIP 445's aggregate nonce (zeros for RFC 9591).
     @ivar signers: ascending by index; empty in a validate-only request.
@@ -134,6 +146,7 @@ class SignRequest(NamedTuple):
     request_id: bytes
     session: int
     epoch: int
+    key: bytes
     suite: str
     scheme: str
     request: bytes
@@ -143,7 +156,8 @@ class SignRequest(NamedTuple):
 
     def encode(self) -> bytes:
         w = (Writer().u8(VERSION).u8(T_SIGN_REQUEST).fixed(self.request_id, REQUEST_ID_SIZE).u32(self.session)
-             .u64(self.epoch).u8(SUITE_CODES[self.suite]).var_bytes(_scheme_name(self.scheme), MAX_SCHEME_NAME)
+             .u64(self.epoch).fixed(self.key, KEY_SIZE).u8(SUITE_CODES[self.suite])
+             .var_bytes(_scheme_name(self.scheme), MAX_SCHEME_NAME)
              .var_bytes(self.request, MAX_SCHEME_REQUEST).fixed(self.digest, DIGEST_SIZE)
              .fixed(self.aggnonce, AGGNONCE_SIZE).count(len(self.signers), MAX_SIGNERS))
         prev = -1
@@ -155,9 +169,10 @@ class SignRequest(NamedTuple):
         return w.to_bytes()
 
     def request_commitment(self) -> bytes:
-        """What a verdict binds to: the request's content and the coordinator's proposal."""
-        w = (Writer().u64(self.epoch).u8(SUITE_CODES[self.suite]).var_bytes(_scheme_name(self.scheme), MAX_SCHEME_NAME)
-             .var_bytes(self.request, MAX_SCHEME_REQUEST).fixed(self.digest, DIGEST_SIZE))
+        """What a verdict binds to: the request's content, the key and the coordinator's proposal."""
+        w = (Writer().u64(self.epoch).fixed(self.key, KEY_SIZE).u8(SUITE_CODES[self.suite])
+             .var_bytes(_scheme_name(self.scheme), MAX_SCHEME_NAME).var_bytes(self.request, MAX_SCHEME_REQUEST)
+             .fixed(self.digest, DIGEST_SIZE))
         return tagged_hash(TAG_REQUEST, w.to_bytes())
 
     def entry_for(self, index: int) -> SignerEntry | None:
@@ -246,6 +261,7 @@ def decode(data: bytes) -> Message:
         request_id = r.fixed(REQUEST_ID_SIZE)
         session = r.u32()
         epoch = r.u64()
+        key = r.fixed(KEY_SIZE)
         code = r.u8()
         suite = SUITE_NAMES.get(code)
         if suite is None:
@@ -265,7 +281,7 @@ def decode(data: bytes) -> Message:
             prev = index
             entries.append(SignerEntry(index, raw[off + 2:off + 2 + NONCE_ID_SIZE],
                                        raw[off + 2 + NONCE_ID_SIZE:off + _ENTRY_SIZE]))
-        msg = SignRequest(request_id, session, epoch, suite, scheme, request, digest, aggnonce, tuple(entries))
+        msg = SignRequest(request_id, session, epoch, key, suite, scheme, request, digest, aggnonce, tuple(entries))
     elif t == T_SIGN_SHARE:
         msg = SignShare(r.fixed(REQUEST_ID_SIZE), r.u32(), r.fixed(SHARE_SIZE))
     elif t == T_VERDICT:

@@ -53,8 +53,10 @@ What frostnode adds to the paper:
    whose scheme rejected the request (C{validation-failed}) or that cannot
    serve it (C{unavailable}) leaves R for this request, as a faulty member
    would, but is recorded as I{divergent}/I{unavailable}, not malicious.
-   Its unused nonce goes back to the pool (divergent refusals come before
-   any reservation).  Successful results name divergent members too.
+   Its unused nonce goes back to the pool when the refusal comes before
+   any reservation (divergent refusals, and C{key-mismatch}: the member
+   holds another key for the epoch, an I{unavailable} kind).  Successful
+   results name divergent members too.
  - B{Failure.}  When fewer than t members that are neither malicious nor
    refusing remain, no session can ever finish: the request fails at once
    with C{views-differ} (if any member refused as divergent; naming every
@@ -86,7 +88,10 @@ from frostnode.signing.suites import SHARE_SIZE, EpochKey, Session, Suite
 KIND_VIEWS_DIFFER = "views-differ"
 KIND_VALIDATION_FAILED = "validation-failed"
 KIND_UNAVAILABLE = "unavailable"
+KIND_KEY_MISMATCH = "key-mismatch"
 _DIVERGENT = (KIND_VIEWS_DIFFER, KIND_VALIDATION_FAILED)
+#: Refusals a signer sends before it reserves the session's nonce.
+_BEFORE_RESERVING = _DIVERGENT + (KIND_KEY_MISMATCH,)
 
 
 class NonceSource(Protocol):
@@ -391,8 +396,8 @@ class RoastCoordinator:
     def on_refusal(self, index: int, number: int, kind: str, digest: bytes, reason: str) -> list[Action]:
         """
         A verified refusal (C{kind} one of C{views-differ},
-        C{validation-failed}, C{unavailable}) from C{index}, for session
-        C{number} (0: the audit).
+        C{validation-failed}, C{unavailable}, C{key-mismatch}) from
+        C{index}, for session C{number} (0: the audit).
         """
         if index in self.report.malicious or index in self.report.divergent or index in self.report.unavailable:
             return []
@@ -410,7 +415,7 @@ class RoastCoordinator:
         if s is not None:
             s.waiting.discard(index)
             entry = s.entries[index]
-            if kind in _DIVERGENT:
+            if kind in _BEFORE_RESERVING:
                 actions.append(ReturnNonce(index, entry.nonce_id, entry.commitment))
         self._leave(index)
         return actions + (self._check_viable() or self._maybe_done() or self._try_start())

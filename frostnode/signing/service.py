@@ -30,11 +30,26 @@ C{request_timeout} ends it with C{timeout}.  A background C{LoopingCall}
 tops up nonce pools, another prunes spent nonces, and, if configured,
 another signs a checkpoint.
 
-Misbehaviour (an invalid share, an undecodable message, an invalid verdict
-signature, a bad nonce batch) marks the member I{misbehaving}: it is named in
-results and in L{status}, and is not picked again by this node until
-L{forgive}.  Slowness only marks it I{unresponsive} and moves it to the back
-of the queue; its next answer clears that.
+Misbehaviour (an invalid share, an invalid verdict signature, an agreement
+with another digest, a bad nonce batch) marks the member I{misbehaving}: it
+is named in results and in L{status}, and is not picked again by this node
+for C{misbehaving_for} seconds, until the epochs change (a new key may be
+what it was missing), or until L{forgive}.  An undecodable message only
+excludes its sender from the request it names (it is named there): garbage
+proves less than a share that fails its check.  A member whose key for the
+epoch differs from ours answers C{key-mismatch} (the request names the
+epoch's output key) and is only I{unavailable} for that request.  Slowness
+only marks it I{unresponsive} and moves it to the back of the queue; its
+next answer clears that.
+
+Limits against a member that floods us (all on the injected clock): a nonce
+batch is taken only as the answer to a refill in flight, cut to what was
+asked (L{CoordinatorPool}); refills are served up to a rate per
+(coordinator, epoch) and never past the outstanding cap
+(L{NonceIssuer}); session requests from one coordinator are taken up to
+C{sign_request_rate} per second (beyond, dropped and logged); and scheme
+results are cached by view state (L{Signer}), so the same request asked
+again with fresh ids is not evaluated again.
 
 Missing data: when a scheme raises L{MissingData}, the signer (or the
 coordinator) calls the optional C{catch_up(error)} hook once, then runs the
@@ -51,12 +66,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from frostnode.client.limits import TokenBucket
 from frostnode.crypto.errors import InvalidCommitment, NonceReuseError, ProtocolError
 from frostnode.crypto.nonces import SecretNonce
 from frostnode.identity import HostKeypair
@@ -87,7 +103,7 @@ from frostnode.store.checkpoints import MAX_LIST, CheckpointStore
 from frostnode.store.errors import NonceSpent, UnknownNonce
 from frostnode.store.keys import KeyStore
 from frostnode.store.nonces import NonceEntry, NonceStore
-from frostnode.validation.interface import MissingData, Rejection, scheme_message
+from frostnode.validation.interface import MissingData, scheme_message
 
 
 def _short(key: bytes) -> str:
@@ -118,6 +134,12 @@ class SigningConfig:
     @ivar prefill: at start, fill pools for every member of the newest
         epoch; otherwise the first request fills them (one extra round trip)
         and only pools this node has used are kept topped up.
+    @ivar misbehaving_for: seconds a member caught misbehaving is not picked.
+    @ivar sign_request_rate: session requests per second taken from one
+        coordinator (a token bucket); more are dropped.
+    @ivar sign_request_burst: the bucket's size.
+    @ivar nonce_reuse_after: seconds before a commitment this coordinator
+        handed out is taken back when its signer offers it again.
     """
 
     session_timeout: float = 1.0
@@ -137,6 +159,10 @@ class SigningConfig:
     checkpoints_kept: int = 64
     max_catchups: int = 1024
     prefill: bool = True
+    misbehaving_for: float = 3600.0
+    sign_request_rate: float = 1000.0
+    sign_request_burst: int = 2000
+    nonce_reuse_after: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -174,7 +200,9 @@ class MemberStatus:
     One member as this node's signing service sees it.
 
     @ivar state: C{"ok"}, C{"unresponsive"} (missed a session timeout since
-        its last answer) or C{"misbehaving"} (not picked until forgiven).
+        its last answer) or C{"misbehaving"} (not picked until C{until}).
+    @ivar until: when a C{misbehaving} mark expires.
+    @ivar garbage: undecodable messages received from it.
     """
 
     host_key: bytes
@@ -183,20 +211,23 @@ class MemberStatus:
     last_answer: Optional[float] = None
     timeouts: int = 0
     refusals: int = 0
+    until: Optional[float] = None
+    garbage: int = 0
 
 
 class _PoolView:
     """The coordinator pool for one epoch, by member index (L{frostnode.signing.roast.NonceSource})."""
 
-    def __init__(self, pool: CoordinatorPool, key: EpochKey) -> None:
+    def __init__(self, pool: CoordinatorPool, key: EpochKey, clock: IReactorTime) -> None:
         self.pool = pool
         self.key = key
+        self.clock = clock
 
     def available(self, index: int) -> int:
         return self.pool.available(self.key.members[index], self.key.epoch)
 
     def take(self, index: int) -> Optional[tuple[bytes, bytes]]:
-        return self.pool.take(self.key.members[index], self.key.epoch)
+        return self.pool.take(self.key.members[index], self.key.epoch, self.clock.seconds())
 
 
 class _Request:
@@ -279,9 +310,13 @@ class SigningService(Service):
         self.schemes: dict[str, Scheme] = {**schemes, CHECKPOINT: self.checkpoint_scheme}
         self.signer = Signer(host, self.schemes)
         self.issuer = NonceIssuer(max_outstanding=config.max_outstanding,
-                                  max_batch=min(config.max_outstanding, m.MAX_NONCE_BATCH))
+                                  max_batch=min(config.max_outstanding, m.MAX_NONCE_BATCH),
+                                  refill_every=config.refill_retry)
         self.pool = CoordinatorPool(self.local, low_water=config.pool_low_water, batch=config.pool_batch,
-                                    retry_after=config.refill_retry)
+                                    retry_after=config.refill_retry, reuse_after=config.nonce_reuse_after)
+        self._sign_buckets: dict[bytes, TokenBucket] = {}
+        self._noise: dict[tuple[str, bytes], list] = {}
+        self._idle: list[Deferred] = []
         self._shares: dict[int, tuple[Optional[SigningShare], float]] = {}
         self._newest: Optional[tuple[Optional[int], float]] = None
         self._requests: dict[bytes, _Request] = {}
@@ -352,6 +387,8 @@ class SigningService(Service):
         st = self._status.get(member)
         if st is None:
             st = self._status[member] = MemberStatus(member)
+        elif st.until is not None and self.clock.seconds() >= st.until:
+            self.forgive(member)
         return st
 
     def status(self) -> dict[bytes, MemberStatus]:
@@ -360,12 +397,14 @@ class SigningService(Service):
 
     def forgive(self, member: bytes) -> None:
         """Let a member marked misbehaving be picked again."""
-        st = self._st(member)
-        st.state, st.detail = "ok", ""
+        st = self._status.get(member)
+        if st is not None and st.state == "misbehaving":
+            st.state, st.detail, st.until = "ok", "", None
 
     def _misbehaved(self, member: bytes, reason: str) -> None:
         st = self._st(member)
         st.state, st.detail = "misbehaving", reason
+        st.until = self.clock.seconds() + self.config.misbehaving_for
         self.log.warn("signing: member {culprit} misbehaved: {reason}", culprit=_short(member), reason=reason)
 
     def _answered(self, member: bytes) -> None:
@@ -383,17 +422,22 @@ class SigningService(Service):
     def epochs_changed(self) -> None:
         """
         The DKG driver stored, certified, confirmed or retired an epoch:
-        re-read keys now, and forget the in-memory nonce pools of epochs that
+        re-read keys now, forget the in-memory nonce pools of epochs that
         can no longer sign (their unspent nonces stay in the store, harmless,
-        until the store drops the epoch).
+        until the store drops the epoch), and forgive members marked
+        misbehaving (a key change is a likely reason for disagreement, and
+        the new epoch starts afresh).
         """
         self._shares.clear()
         self._newest = None
         usable = {rec.epoch for rec in self.keys.usable()}
-        for epoch in self._loaded_epochs - usable:
+        for epoch in self.pool.epochs() - usable:
             self.pool.drop_epoch(epoch)
+        for epoch in self._loaded_epochs - usable:
             self.issuer.drop_epoch(epoch)
         self._loaded_epochs &= usable
+        for member in list(self._status):
+            self.forgive(member)
 
     def _signing_share(self, epoch: int) -> Optional[SigningShare]:
         now = self.clock.seconds()
@@ -401,8 +445,12 @@ class SigningService(Service):
         if hit is not None and now - hit[1] < self.config.key_refresh:
             return hit[0]
         rec = self.keys.get(epoch)
+        if rec is None:
+            # Not cached: any member can name any epoch, and that must not grow memory.
+            self._shares.pop(epoch, None)
+            return None
         share = None
-        if rec is not None and rec.usable:
+        if rec.usable:
             try:
                 share = SigningShare.from_record(rec, self.local)
             except ValueError as e:
@@ -455,13 +503,51 @@ class SigningService(Service):
         """
         return bool(self._store_pending or self._local_queue)
 
-    def _track(self, d: Deferred) -> Deferred:
+    def when_idle(self) -> Deferred:
+        """
+        A Deferred firing (with None) once no store write this service
+        started is pending, and what each write's completion does (send a
+        share, a batch) has run; at once if none is pending.
+        """
+        if not self._store_pending:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._idle.append(d)
+        return d
+
+    def _track(self, d: Deferred, callback: Optional[Callable[[Any], Any]] = None,
+               errback: Optional[Callable[[Failure], Any]] = None) -> Deferred:
+        """
+        Count the store write C{d} as pending until C{callback} or
+        C{errback} (run first) have run on its result.
+        """
         self._store_pending += 1
+        if callback is not None or errback is not None:
+            d.addCallbacks(callback or (lambda r: r), errback=errback or (lambda f: f))
 
         def done(result: Any) -> Any:
             self._store_pending -= 1
+            if not self._store_pending and self._idle:
+                waiters, self._idle = self._idle, []
+                for w in waiters:
+                    w.callback(None)
             return result
         return d.addBoth(done)
+
+    def _noisy(self, what: str, peer: bytes, detail: str) -> None:
+        """
+        Count one more C{what} from C{peer} and log it, at most every 10 s
+        per peer and kind: a member flooding us must not flood the log.
+        """
+        now = self.clock.seconds()
+        entry = self._noise.get((what, peer))
+        if entry is None:
+            entry = self._noise[(what, peer)] = [0, None]
+        entry[0] += 1
+        if entry[1] is None or now - entry[1] >= 10.0:
+            entry[1] = now
+            self.log.warn("signing: {what} from {culprit} ({detail}): {count} so far",
+                          what=what, culprit=_short(peer), detail=detail, count=entry[0])
 
     # -- receiving --------------------------------------------------------------------
 
@@ -487,18 +573,35 @@ class SigningService(Service):
             self._on_nonce_batch(sender, msg)
 
     def _garbage(self, sender: bytes, payload: bytes, error: str) -> None:
+        """
+        An undecodable message: if it names one of our requests, its sender
+        is out of that request (and named in its result); no longer-lived
+        mark, since nothing in it proves what the sender meant.
+        """
         reason = f"undecodable signing message: {error}"
-        self._misbehaved(sender, reason)
+        self._st(sender).garbage += 1
+        self._noisy("undecodable messages", sender, error)
         if len(payload) >= 2 + m.REQUEST_ID_SIZE and payload[1] in (m.T_SIGN_SHARE, m.T_VERDICT):
             req = self._requests.get(payload[2:2 + m.REQUEST_ID_SIZE])
             if req is not None and req.roast is not None:
                 index = req.key.index_of(sender)
                 if index is not None:
+                    req.flagged.add(index)  # named by ROAST for this request, not marked misbehaving
                     self._apply(req, req.roast.on_misbehaviour(index, reason))
 
     # -- signer side -------------------------------------------------------------------
 
     def _on_sign_request(self, coordinator: bytes, req: m.SignRequest) -> None:
+        if coordinator != self.local:
+            now = self.clock.seconds()
+            bucket = self._sign_buckets.get(coordinator)
+            if bucket is None:
+                bucket = self._sign_buckets[coordinator] = TokenBucket(
+                    self.config.sign_request_rate, self.config.sign_request_burst, now)
+            if bucket.take(now):
+                self._noisy("session requests dropped", coordinator,
+                            f"over {self.config.sign_request_rate} per second")
+                return
         commitment = req.request_commitment()
         self._decide(coordinator, req, commitment, None)
 
@@ -551,11 +654,8 @@ class SigningService(Service):
             return self._unavailable(coordinator, req, commitment, "nonce already used")
         if self.nonces.commitment(epoch, entry.nonce_id) != entry.commitment:
             return self._unavailable(coordinator, req, commitment, "nonce commitment does not match")
-        d = self._track(self.nonces.reserve(epoch, entry.nonce_id))
-
         def reserved(stored: NonceEntry) -> None:
             # The spent mark is on disk: only now may a share made with it leave.
-            self.issuer.used(epoch, entry.nonce_id)
             self.log.debug("signing: nonce {nonce_id} of epoch {epoch} spent for {coordinator} session {session}",
                            nonce_id=entry.nonce_id, epoch=epoch, coordinator=coordinator, session=req.session)
             nonce = SecretNonce.from_persisted(int.from_bytes(stored.k1, "big"), int.from_bytes(stored.k2, "big"),
@@ -577,18 +677,28 @@ class SigningService(Service):
             self.log.failure("signing: reserving a nonce failed", f)
             self._unavailable(coordinator, req, commitment, "nonce store error")
 
-        d.addCallbacks(reserved, refused)
+        # Out of the issuer's book from the moment the reservation is asked
+        # for: a reset refill arriving before the fsync must not offer it again.
+        self.issuer.used(epoch, entry.nonce_id)
+        self._track(self.nonces.reserve(epoch, entry.nonce_id), reserved, refused)
 
     def _on_nonce_request(self, coordinator: bytes, msg: m.NonceRequest) -> None:
-        signing = self._signing_share(msg.epoch)
-        if signing is None:
-            self._send(coordinator, m.NonceBatch(msg.epoch, ()).encode())
-            return
+        """
+        Answer a refill: only for an epoch we can sign in and a coordinator
+        of that epoch (anything else is not answered: the coordinator retries
+        after its C{refill_retry}), within the issuer's rate and cap.
+        """
         epoch = msg.epoch
-        plan = self.issuer.plan(coordinator, epoch, msg.want, msg.reset)
-        for nonce_id in plan.burn:
-            self.issuer.used(epoch, nonce_id)
-            self._track(self.nonces.reserve(epoch, nonce_id)).addErrback(lambda f: f.trap(NonceSpent, UnknownNonce))
+        signing = self._signing_share(epoch)
+        if signing is None or signing.key.index_of(coordinator) is None:
+            self.log.debug("signing: refill from {coordinator} for epoch {epoch} not served (no key here)",
+                           coordinator=_short(coordinator), epoch=epoch)
+            return
+        plan = self.issuer.plan(coordinator, epoch, msg.want, msg.reset, self.clock.seconds())
+        if plan.limited and not plan.resend and not plan.generate:
+            self._noisy("nonce refills dropped", coordinator,
+                        f"over {self.config.max_outstanding} commitments per {self.config.refill_retry}s")
+            return
         if not plan.generate:
             self._send(coordinator, m.NonceBatch(epoch, tuple(plan.resend)).encode())
             return
@@ -607,10 +717,11 @@ class SigningService(Service):
             self._send(coordinator, m.NonceBatch(epoch, tuple(plan.resend) + tuple(pairs)).encode())
 
         def failed(f: Failure) -> None:
+            self.issuer.not_issued(coordinator, epoch, len(entries))
             self.log.failure("signing: persisting {count} nonces failed", f, count=len(entries))
             self._send(coordinator, m.NonceBatch(epoch, tuple(plan.resend)).encode())
 
-        self._track(self.nonces.add_batch(epoch, entries)).addCallbacks(persisted, failed)
+        self._track(self.nonces.add_batch(epoch, entries), persisted, failed)
 
     # -- coordinator side: nonces ----------------------------------------------------
 
@@ -630,16 +741,23 @@ class SigningService(Service):
         self._refill(epoch, members)
 
     def _prune(self) -> None:
-        self._track(self.nonces.prune_spent()).addErrback(
-            lambda f: self.log.failure("signing: pruning spent nonces failed", f))
+        self._track(self.nonces.prune_spent(),
+                    errback=lambda f: self.log.failure("signing: pruning spent nonces failed", f))
 
     def _on_nonce_batch(self, member: bytes, msg: m.NonceBatch) -> None:
+        if not self.pool.expecting(member, msg.epoch):
+            # Not an answer to a refill in flight (a late second answer, or
+            # unsolicited): dropped before a single point is parsed.
+            return
+        if self._signing_share(msg.epoch) is None:
+            self.pool.drop_epoch(msg.epoch)  # the epoch can no longer sign here
+            return
         try:
-            self.pool.add(member, msg.epoch, msg.nonces)
+            added = self.pool.add(member, msg.epoch, msg.nonces, self.clock.seconds())
         except InvalidCommitment as e:
             self._misbehaved(member, e.message)
             return
-        if not msg.nonces:
+        if not added:
             return
         for rid in list(self._starving):
             req = self._requests.get(rid)
@@ -686,10 +804,8 @@ class SigningService(Service):
         if req.done:
             return
         try:
-            message = self.schemes[req.scheme].message(req.request, self.view)
-        except Rejection as e:
-            self._fail(req, SigningFailed(VALIDATION_FAILED, str(e)))
-            return
+            result = self.signer.evaluate(req.scheme, req.request, req.key.output_key, self.view, self.local,
+                                          req.request_id)
         except MissingData as e:
             now = self.clock.seconds()
             if first:
@@ -702,12 +818,16 @@ class SigningService(Service):
             req.timers.append(self.clock.callLater(min(self.config.catchup_poll, req.catchup_deadline - now),
                                                    self._evaluate_own, req))
             return
-        self._begin(req, bytes(message))
+        if result.message is None:
+            self._fail(req, SigningFailed(VALIDATION_FAILED, result.rejection))
+            return
+        self._begin(req, result.message)
 
     def _candidates(self, key: EpochKey) -> list[int]:
         """
         Ourselves first, then the members after us in index order
-        (wrapping), slow or unconnected ones last, misbehaving ones never.
+        (wrapping), slow or unconnected ones last, misbehaving ones (until
+        their mark expires) never.
 
         The order is stable on purpose: the same signer set comes back
         request after request, and a signer set's validation (t
@@ -733,16 +853,16 @@ class SigningService(Service):
     def _begin(self, req: _Request, message: bytes) -> None:
         req.message = message
         req.digest = m.message_digest(message)
-        req.template = m.SignRequest(req.request_id, 0, req.key.epoch, req.suite.name, req.scheme, req.request,
-                                     req.digest, bytes(AGGNONCE_SIZE), ())
+        req.template = m.SignRequest(req.request_id, 0, req.key.epoch, req.key.output_key, req.suite.name, req.scheme,
+                                     req.request, req.digest, bytes(AGGNONCE_SIZE), ())
         req.commitment = req.template.request_commitment()
-        self.signer.remember(self.local, req.request_id, req.commitment, message)
         req.roast = RoastCoordinator(req.key, req.suite, message, self._candidates(req.key),
-                                     _PoolView(self.pool, req.key), audit=req.audit, eager=self.config.eager)
+                                     _PoolView(self.pool, req.key, self.clock), audit=req.audit,
+                                     eager=self.config.eager)
         self._apply(req, req.roast.start())
 
     def _apply(self, req: _Request, actions: list) -> None:
-        if req.roast is not None and len(req.roast.report.malicious) > len(req.flagged):
+        if req.roast is not None:
             for i, why in req.roast.report.malicious.items():
                 if i not in req.flagged:
                     req.flagged.add(i)
@@ -881,7 +1001,7 @@ class SigningService(Service):
             detail = ", ".join(_short(mem) for mem in sorted(divergent))
         elif a.code == NOT_ENOUGH_SIGNERS and not detail:
             parts = [f"{_short(mem)} misbehaved ({why})" for mem, why in sorted(malicious.items())]
-            parts += [f"{_short(mem)} unavailable ({ref.reason})" for mem, ref in sorted(unavailable.items())]
+            parts += [f"{_short(mem)} {ref.kind} ({ref.reason})" for mem, ref in sorted(unavailable.items())]
             detail = "; ".join(parts) or f"fewer than {req.key.threshold} members can sign"
         elif a.code == TIMEOUT:
             detail = "no answer from " + (", ".join(_short(mem) for mem in unresponsive) or "enough members")
@@ -919,8 +1039,8 @@ class SigningService(Service):
             if self.checkpoint_store is None:
                 self._checkpoint_seq += 1
                 return self._kept(replace(cp, seq=self._checkpoint_seq))
-            stored = self._track(self.checkpoint_store.append(cp.to_record()))
-            return stored.addCallback(lambda seq: self._kept(replace(cp, seq=seq)))
+            return self._track(self.checkpoint_store.append(cp.to_record()),
+                               lambda seq: self._kept(replace(cp, seq=seq)))
         return d.addCallback(signed)
 
     def _kept(self, cp: Checkpoint) -> Checkpoint:

@@ -29,24 +29,35 @@ over L{verdict_message}, which binds the coordinator, the request's content
 and proposal, the session, the verdict and the member's digest: a client
 shown a verdict can check who said it, about what.
 
-Validation results are cached per (coordinator, request id, request
-content) so the further sessions ROAST may start for one request do not
-re-run the scheme.  Schemes are deterministic and get no clock, so within
-one request the cache changes nothing but cost.  It is not shared across
-requests: a client retrying the same request after this member caught up
-must get a fresh evaluation.  A missing-data result is never cached.
+A request naming another key for the epoch than the member's current one
+(two certified DKG sessions of one epoch while members converge) is
+refused with C{key-mismatch} first, before anything else is looked at: the
+member is not serving that key, which is neither a disagreement about data
+nor misbehaviour.
+
+Validation results are cached.  Schemes are deterministic functions of the
+request and the view (and get no clock), so when the view can say what
+state it is in (C{digest()}, as L{frostnode.validation.interface.LogView}
+does: the set of held records) results are cached under (scheme, request,
+key, view state), across coordinators and request ids: a member asked
+again and again for the same thing, with fresh ids, evaluates it once, and
+evaluates again as soon as its log changes (a client retrying after this
+member caught up).  A view without C{digest()} gets a cache per
+(coordinator, request id), so only the further sessions ROAST may start
+for one request reuse a result.  A missing-data result is never cached.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Protocol, Union
 
 from frostnode.crypto.errors import InvalidContributionError
 from frostnode.crypto.nonces import SecretNonce
 from frostnode.identity import HostKeypair, verify_host_signature
 from frostnode.signing.messages import (
     AGREE,
+    KEY_MISMATCH,
     UNAVAILABLE,
     VALIDATION_FAILED,
     VIEWS_DIFFER,
@@ -115,7 +126,22 @@ class NeedData(NamedTuple):
 
 Outcome = Union[Ready, Answer, NeedData]
 
-_Evaluation = tuple[str, Any]  # ("message", bytes) or ("rejected", reason)
+
+class Evaluation(NamedTuple):
+    """A scheme's result on this member's view: the message, or why it rejected the request."""
+
+    message: Optional[bytes]
+    rejection: str = ""
+
+
+def view_state(view: Any) -> Optional[Hashable]:
+    """
+    What a scheme's result on C{view} depends on besides the request: the
+    log digest of a L{frostnode.validation.interface.LogView}; None for a
+    view that cannot say (no caching across requests then).
+    """
+    digest = getattr(view, "digest", None)
+    return digest() if callable(digest) else None
 
 
 class Signer:
@@ -125,27 +151,18 @@ class Signer:
     @param host: this member's host keypair (signs verdicts).
     @param schemes: scheme name -> scheme (anything with C{.get(name)}).
     @param cache_size: validation results remembered.
+    @param state: the state of a view that scheme results depend on
+        (L{view_state}).
     """
 
-    def __init__(self, host: HostKeypair, schemes: Mapping[str, Scheme], cache_size: int = 1024) -> None:
+    def __init__(self, host: HostKeypair, schemes: Mapping[str, Scheme], cache_size: int = 1024,
+                 state: Callable[[Any], Optional[Hashable]] = view_state) -> None:
         self.host = host
         self.host_key = host.public
         self.schemes = schemes
-        self._cache: OrderedDict[tuple[bytes, bytes, bytes], _Evaluation] = OrderedDict()
+        self.state = state
+        self._cache: OrderedDict[tuple, Evaluation] = OrderedDict()
         self._cache_size = cache_size
-
-    def remember(self, coordinator: bytes, request_id: bytes, request_commitment: bytes, message: bytes) -> None:
-        """
-        Seed the cache with a message already computed on this view (the
-        coordinator's own evaluation), so signing for our own request does
-        not run the scheme twice.
-        """
-        self._store((coordinator, request_id, request_commitment), ("message", bytes(message)))
-
-    def _store(self, key: tuple[bytes, bytes, bytes], result: _Evaluation) -> None:
-        self._cache[key] = result
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     def verdict(self, coordinator: bytes, req: SignRequest, kind: int, digest: bytes, reason: str,
                 commitment: Optional[bytes] = None) -> Answer:
@@ -157,20 +174,33 @@ class Signer:
                                              kind, digest, reason))
         return Answer(Verdict(req.request_id, req.session, kind, digest, reason, sig))
 
-    def _evaluate(self, coordinator: bytes, req: SignRequest, commitment: bytes, view: Any) -> _Evaluation:
-        key = (coordinator, req.request_id, commitment)
-        hit = self._cache.get(key)
+    def evaluate(self, scheme: str, request: bytes, key: bytes, view: Any, coordinator: bytes,
+                 request_id: bytes) -> Evaluation:
+        """
+        What C{scheme} makes of C{request} on C{view}, for a request under
+        C{key} (an epoch's output key: checkpoints depend on its members),
+        from the cache when it can be.
+
+        @raise LookupError: unknown scheme.
+        @raise MissingData: the view lacks data the request names.
+        """
+        state = self.state(view)
+        cache_key: tuple = (("view", state) if state is not None else ("request", coordinator, request_id),
+                            scheme, request, key)
+        hit = self._cache.get(cache_key)
         if hit is not None:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(cache_key)
             return hit
-        scheme = self.schemes.get(req.scheme)
-        if scheme is None:
-            raise LookupError(req.scheme)
+        loaded = self.schemes.get(scheme)
+        if loaded is None:
+            raise LookupError(scheme)
         try:
-            result: _Evaluation = ("message", bytes(scheme.message(req.request, view)))
+            result = Evaluation(bytes(loaded.message(request, view)))
         except Rejection as e:
-            result = ("rejected", str(e))
-        self._store(key, result)
+            result = Evaluation(None, str(e))
+        self._cache[cache_key] = result
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
         return result
 
     def handle(self, coordinator: bytes, req: SignRequest, signing: Optional[SigningShare], view: Any,
@@ -192,20 +222,23 @@ class Signer:
         if signing is None:
             return answer(UNAVAILABLE, b"", f"no usable key for epoch {req.epoch}")
         key = signing.key
+        if key.output_key != req.key:
+            return answer(KEY_MISMATCH, b"", f"epoch {req.epoch} is key {key.output_key.hex()[:16]} here, "
+                                             f"not {req.key.hex()[:16]}")
         entry = req.entry_for(signing.index)
         if req.signers:
             problem = _check_signers(key, req, entry, coordinator)
             if problem:
                 return answer(UNAVAILABLE, b"", problem)
         try:
-            kind, value = self._evaluate(coordinator, req, commitment, view)
+            result = self.evaluate(req.scheme, req.request, req.key, view, coordinator, req.request_id)
         except LookupError:
             return answer(UNAVAILABLE, b"", f"unknown scheme {req.scheme!r}")
         except MissingData as e:
             return NeedData(e)
-        if kind == "rejected":
-            return answer(VALIDATION_FAILED, b"", value)
-        message: bytes = value
+        if result.message is None:
+            return answer(VALIDATION_FAILED, b"", result.rejection)
+        message = result.message
         digest = message_digest(message)
         if digest != req.digest:
             return answer(VIEWS_DIFFER, digest, "my view gives a different message")

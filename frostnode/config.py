@@ -224,6 +224,10 @@ class SigningSection:
     session_timeout: float
     request_timeout: float
     checkpoint_interval: Optional[float]
+    misbehaving_for: float = 3600.0
+    sign_request_rate: float = 1000.0
+    sign_request_burst: int = 2000
+    nonce_reuse_after: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -671,7 +675,13 @@ def _read_signing(t: _Table) -> SigningSection:
     if request < session:
         raise t.error("request_timeout", f"must not be shorter than session_timeout ({format_duration(request)} < {format_duration(session)})")
     checkpoint = t.duration("checkpoint_interval", 0.0, positive=False)
-    return SigningSection(session, request, checkpoint or None)
+    return SigningSection(
+        session, request, checkpoint or None,
+        misbehaving_for=t.duration("misbehaving_for", 3600.0),
+        sign_request_rate=t.number("sign_request_rate", 1000.0, positive=True),
+        sign_request_burst=t.integer("sign_request_burst", 2000, minimum=1),
+        nonce_reuse_after=t.duration("nonce_reuse_after", 300.0),
+    )
 
 
 def _read_validation(t: _Table) -> ValidationSection:
@@ -696,7 +706,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "max_broadcast_size"),
     "store": ("map_size", "max_map_size", "max_payload", "max_range", "retention_age", "retention_per_origin",
               "prune_interval"),
-    "signing": ("session_timeout", "request_timeout", "checkpoint_interval"),
+    "signing": ("session_timeout", "request_timeout", "checkpoint_interval", "misbehaving_for",
+                "sign_request_rate", "sign_request_burst", "nonce_reuse_after"),
     "validation": ("schemes",),
 }
 

@@ -213,7 +213,9 @@ def sync_config(config: Config) -> SyncConfig:
 def signing_config(config: Config) -> SigningConfig:
     s = config.signing
     return SigningConfig(session_timeout=s.session_timeout, request_timeout=s.request_timeout,
-                         checkpoint_interval=s.checkpoint_interval)
+                         checkpoint_interval=s.checkpoint_interval, misbehaving_for=s.misbehaving_for,
+                         sign_request_rate=s.sign_request_rate, sign_request_burst=s.sign_request_burst,
+                         nonce_reuse_after=s.nonce_reuse_after)
 
 
 def log_limits(config: Config) -> LogLimits:

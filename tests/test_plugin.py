@@ -174,6 +174,7 @@ class NodeServiceTests(SynchronousTestCase):
             '[dkg]\ninterval = "2d"\nmin_spacing = "1d"\nround_timeout = "30s"\njoin_grace = "1m"\n'
             'retry_delay = "5m"\nmax_attempts = 3\n'
             '[signing]\nsession_timeout = "2s"\nrequest_timeout = "20s"\ncheckpoint_interval = "1h"\n'
+            'misbehaving_for = "10m"\nsign_request_rate = 50\nsign_request_burst = 100\nnonce_reuse_after = "1m"\n'
             '[limits]\nmax_message_size = "1MiB"\n[store]\nprune_interval = "30s"\n', "node.toml")
         policy, run = tap.dkg_settings(config)
         self.assertEqual((policy.interval, policy.min_spacing, policy.join_grace, policy.retry_delay),
@@ -182,6 +183,8 @@ class NodeServiceTests(SynchronousTestCase):
         signing = tap.signing_config(config)
         self.assertEqual((signing.session_timeout, signing.request_timeout, signing.checkpoint_interval),
                          (2.0, 20.0, 3600.0))
+        self.assertEqual((signing.misbehaving_for, signing.sign_request_rate, signing.sign_request_burst,
+                          signing.nonce_reuse_after), (600.0, 50.0, 100, 60.0))
         sync = tap.sync_config(config)
         self.assertEqual((sync.max_batch_bytes, sync.max_page_bytes, sync.prune_interval),
                          (1023 * 1024, 2**20, 30.0))

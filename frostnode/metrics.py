@@ -36,15 +36,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from frostnode.net.listening import OneShotObserver
+from frostnode.net.listening import ListeningService
 
 #: The C{Content-Type} of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -497,62 +494,14 @@ def metrics_site(registry: Registry) -> Site:
     return _QuietSite(root)
 
 
-class MetricsService(Service):
+class MetricsService(ListeningService):
     """
     Serves a registry on an endpoint while running.  A port that cannot be
     bound is logged; the node runs on without metrics.
     """
 
-    log = Logger()
+    what = "metrics"
 
     def __init__(self, registry: Registry, endpoint: IStreamServerEndpoint, description: str = "") -> None:
+        super().__init__(endpoint, metrics_site(registry), description)
         self.registry = registry
-        self.endpoint = endpoint
-        self.description = description or str(endpoint)
-        self._listening: Optional[Deferred] = None
-        self._port: Optional[IListeningPort] = None
-        self._outcome = OneShotObserver()
-
-    def when_listening(self) -> Deferred:
-        """Fires with the listening port once it is bound, or fails with why it cannot be, also when asked after."""
-        return self._outcome.observe()
-
-    def startService(self) -> None:
-        super().startService()
-        self._outcome.reset()
-        self._listening = self.endpoint.listen(metrics_site(self.registry))
-        self._listening.addCallbacks(self._listened, self._failed)
-
-    def _listened(self, port: IListeningPort) -> None:
-        self._listening = None
-        if not self.running:
-            port.stopListening()
-            return
-        self._port = port
-        self.log.info("metrics served on {address}", address=_describe(port))
-        self._outcome.fire(port)
-
-    def _failed(self, failure: Failure) -> None:
-        self._listening = None
-        if failure.check(CancelledError):
-            return
-        self.log.error("cannot serve metrics on {listen}: {error}", listen=self.description,
-                       error=failure.getErrorMessage())
-        self._outcome.fail(failure)
-
-    def stopService(self) -> Deferred:
-        super().stopService()
-        if self._listening is not None:
-            self._listening.cancel()
-        port, self._port = self._port, None
-        self._outcome.reset()
-        if port is None:
-            return succeed(None)
-        return maybeDeferred(port.stopListening)
-
-
-def _describe(port: IListeningPort) -> str:
-    host = port.getHost()
-    if hasattr(host, "port"):
-        return f"{host.host}:{host.port}"
-    return str(host)

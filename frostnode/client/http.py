@@ -57,8 +57,7 @@ import os
 from typing import Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,8 +70,7 @@ from frostnode.client.errors import (
 )
 from frostnode.client.limits import ClientLimits, ClientRegistry
 from frostnode.client.messages import jsonable, nonnegative_int, optional_hex, unb64
-from frostnode.net.link import describe_address
-from frostnode.net.listening import OneShotObserver
+from frostnode.net.listening import ListeningService, describe_address
 from frostnode.signing.commands import checkpoint_to_json
 from frostnode.wire import MAX_U32
 
@@ -355,48 +353,17 @@ def make_site(api: NodeAPI, clock: IReactorTime, limits: Optional[ClientLimits] 
     return ApiSite(ApiResource(api, clock, limits), max_body_size(limits))
 
 
-class HttpApiService(Service):
+class HttpApiService(ListeningService):
     """Listens with the API's site while running (add it only when C{[http] enabled})."""
 
-    log = Logger()
+    what = "HTTP API"
 
     def __init__(self, api: NodeAPI, endpoint: IStreamServerEndpoint, clock: IReactorTime,
                  limits: Optional[ClientLimits] = None) -> None:
-        self.site = make_site(api, clock, limits)
-        self.endpoint = endpoint
-        self.port: Optional[IListeningPort] = None
-        self._listening: Optional[Deferred] = None
-        self._outcome = OneShotObserver()
+        super().__init__(endpoint, make_site(api, clock, limits))
+        self.site = self.factory
 
-    def startService(self) -> None:
-        super().startService()
-        self._outcome.reset()
-        self._listening = self.endpoint.listen(self.site)
-        self._listening.addCallbacks(self._listened, self._failed)
-
-    def _listened(self, port: IListeningPort) -> None:
-        self.port = port
+    def listened(self, port: IListeningPort) -> None:
         host = getattr(port.getHost(), "host", "")
-        self.log.info("HTTP API listening on {address}", address=describe_address(port.getHost()))
         if not any(host.startswith(p) for p in _LOOPBACK):
             self.log.warn("HTTP API is bound to {host}, not loopback: it has no authentication of its own", host=host)
-        self._outcome.fire(port)
-
-    def _failed(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):  # cancelled: stopped before the port was bound
-            self.log.error("HTTP API cannot listen: {error}", error=failure.getErrorMessage())
-        self._outcome.fail(failure)
-
-    def when_listening(self) -> Deferred:
-        """Fires with the listening port, or fails with why it could not listen, also when asked after the fact."""
-        return self._outcome.observe()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            self._outcome.reset()
-            return port.stopListening()
-        if self._listening is not None and not self._listening.called:
-            self._listening.cancel()
-        return None

@@ -52,9 +52,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Optional
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
@@ -67,7 +66,7 @@ from frostnode.client.limits import AddressCaps, ClientLimits, ClientRegistry, C
 from frostnode.client.messages import FrameReader, Oversized, decode_request, encode_error, encode_frame, encode_ok
 from frostnode.net.errors import LinkViolation
 from frostnode.net.framing import split_plaintext
-from frostnode.net.link import describe_address
+from frostnode.net.listening import ListeningService, describe_address
 from frostnode.net.listening import OneShotObserver
 from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseTransport
 from frostnode.wire import DecodeError
@@ -421,7 +420,7 @@ class ClientServerFactory(Factory):
         self.address_caps.closed(protocol.source, handshaking)
 
 
-class ClientPortService(Service):
+class ClientPortService(ListeningService):
     """
     Listens on the client port while running; stopping closes every client
     connection.  Answers still being computed (a submit waiting for its
@@ -430,50 +429,14 @@ class ClientPortService(Service):
     @param endpoint: where to listen (C{[client] listen}).
     """
 
-    log = Logger()
+    what = "client port"
 
     def __init__(self, api: NodeAPI, noise_private: bytes, endpoint: IStreamServerEndpoint,
                  clock: IReactorTime, limits: Optional[ClientLimits] = None) -> None:
-        self.factory = ClientServerFactory(api, noise_private, clock, limits)
-        self.endpoint = endpoint
-        self.port: Optional[IListeningPort] = None
-        self._listening: Optional[Deferred] = None
-        self._outcome = OneShotObserver()
-
-    def startService(self) -> None:
-        super().startService()
-        self._outcome.reset()
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._listen_failed)
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        self.log.info("client port listening on {address}", address=describe_address(port.getHost()))
-        self._outcome.fire(port)
-        return port
-
-    def _listen_failed(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):  # cancelled: stopped before the port was bound
-            self.log.error("client port cannot listen: {error}", error=failure.getErrorMessage())
-        self._outcome.fail(failure)
-
-    def when_listening(self) -> Deferred:
-        """
-        Fires with the listening port (its C{getHost().port} is the bound
-        port), or fails with why it could not listen, also when asked after
-        the fact.
-        """
-        return self._outcome.observe()
+        super().__init__(endpoint, ClientServerFactory(api, noise_private, clock, limits))
 
     def stopService(self) -> Deferred:
-        super().stopService()
-        waits = []
-        if self.port is not None:
-            waits.append(self.port.stopListening())
-            self.port = None
-            self._outcome.reset()
-        elif self._listening is not None and not self._listening.called:
-            self._listening.cancel()
+        waits = [super().stopService()]
         for conn in list(self.factory.connections):
             waits.append(conn.when_closed())
             conn.close("node stopping", abort=True)

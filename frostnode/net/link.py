@@ -51,7 +51,7 @@ from frostnode.net.framing import (
     ACK, DATA, PING, RESUME, RecordReader, decode_ack, decode_data, decode_resume,
     encode_ack, encode_ping, split_plaintext,
 )
-from frostnode.net.listening import OneShotObserver
+from frostnode.net.listening import OneShotObserver, describe_address
 from frostnode.net.noise import MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, NoiseTransport
 from frostnode.wire import DecodeError, Reader, Writer
 
@@ -79,14 +79,6 @@ def decode_hello(payload: bytes) -> int:
     except DecodeError as e:
         raise HandshakeFailed(str(e)) from None
     return epoch
-
-
-def describe_address(address: object) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    return str(address)
 
 
 class LinkProtocol(Int16StringReceiver):

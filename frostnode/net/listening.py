@@ -26,8 +26,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+
+def describe_address(address: object) -> str:
+    """C{host:port} of a Twisted address, for logs; anything else as it prints."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    return str(address)
 
 
 class OneShotObserver:
@@ -94,3 +106,70 @@ class OneShotObserver:
                 d.errback(failure)
             else:
                 d.callback(result)
+
+
+class ListeningService(Service):
+    """
+    Listens with C{factory} on C{endpoint} while running: the client port,
+    the HTTP API and the metrics page are each one of these, and they used
+    to be three copies of this bookkeeping.
+
+    A port that cannot be bound is logged as an error and the service (and
+    the node) runs on without it; L{when_listening} says which happened, also
+    when asked after the fact.  Stopping before the port is bound cancels
+    the listen: waiters fail with C{CancelledError} and nothing is logged.
+    A port bound after the service stopped is closed at once.
+
+    @cvar what: how the logs name this port ("client port", "HTTP API").
+    """
+
+    log = Logger()
+    what = "port"
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str = "") -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description or str(endpoint)
+        self.port: Optional[IListeningPort] = None
+        self._listening: Optional[Deferred] = None
+        self._outcome = OneShotObserver()
+
+    def when_listening(self) -> Deferred:
+        """Fires with the listening port (C{getHost().port} is the bound port), or fails with why it could not listen."""
+        return self._outcome.observe()
+
+    def startService(self) -> None:
+        super().startService()
+        self._outcome.reset()
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def listened(self, port: IListeningPort) -> None:
+        """Hook: the port is bound (before waiters hear of it)."""
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._listening = None
+        if not self.running:
+            port.stopListening()
+            return
+        self.port = port
+        self.log.info("{what} listening on {address}", what=self.what, address=describe_address(port.getHost()))
+        self.listened(port)
+        self._outcome.fire(port)
+
+    def _failed(self, failure: Failure) -> None:
+        self._listening = None
+        if not failure.check(CancelledError):  # cancelled: stopped before the port was bound
+            self.log.error("{what} cannot listen on {listen}: {error}", what=self.what, listen=self.description,
+                           error=failure.getErrorMessage())
+        self._outcome.fail(failure)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
+        port, self.port = self.port, None
+        self._outcome.reset()
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)

@@ -693,20 +693,8 @@ class StorageTests(SynchronousTestCase):
     def two_certificates(self):
         """A run whose attempt 0 is certified late: (attempt 1's outcome, attempt 0's), as one honest member saw them."""
         from frostnode.dkg.run import AlsoCertified, RunCompleted
-        from frostnode.dkg.session import Broadcast as B
-        from tests.test_dkg_session import Federation
-        fed = Federation(4, seed=8)
-        culprit = fed.members[2]
-        held: list = []
-
-        def hold(a):
-            if isinstance(a, B) and m.parse_tag(a.tag)[1] is Kind.AGREE and not held:
-                held.append(a)
-                return []
-            return [a]
-        fed.rewrite[culprit] = hold
-        fed.start()
-        fed.settle()
+        from tests.test_dkg_session import late_agreement_signature
+        fed, culprit, held = late_agreement_signature()
         fed.rewrite.pop(culprit)
         fed.apply(culprit, held)
         fed.settle()

@@ -399,18 +399,7 @@ class ExclusionTests(DkgChecks, SynchronousTestCase):
             self.assertEqual([p.params.attempt for p in fed.persisted[h]], [0, 1])
 
     def test_late_signature_certifies_old_session_too(self) -> None:
-        fed = Federation(4, seed=8)
-        culprit = fed.members[2]
-        held: list = []
-
-        def hold(a):
-            if isinstance(a, Broadcast) and m.parse_tag(a.tag)[1] is Kind.AGREE and not held:
-                held.append(a)
-                return []
-            return [a]
-        fed.rewrite[culprit] = hold
-        fed.start()
-        fed.settle()
+        fed, culprit, held = late_agreement_signature()
         honest = [h for h in fed.members if h != culprit]
         self.check_success(fed, honest)
         fed.rewrite.pop(culprit)
@@ -569,3 +558,24 @@ class PropertyTests(DkgChecks, SynchronousTestCase):
                 # Its shares reach everyone as reveals: nothing to exclude it for.
                 self.assertIn(culprit, cert.params.members)
         check()
+
+
+def late_agreement_signature(seed: int = 8) -> tuple["Federation", bytes, list]:
+    """
+    4 members; member 2 holds back its first agreement signature, so the
+    others exclude it as silent and certify attempt 1 without it.  Returns
+    (federation, culprit, [the held-back broadcast]), settled.
+    """
+    fed = Federation(4, seed=seed)
+    culprit = fed.members[2]
+    held: list = []
+
+    def hold(a):
+        if isinstance(a, Broadcast) and m.parse_tag(a.tag)[1] is Kind.AGREE and not held:
+            held.append(a)
+            return []
+        return [a]
+    fed.rewrite[culprit] = hold
+    fed.start()
+    fed.settle()
+    return fed, culprit, held
